@@ -1,0 +1,101 @@
+"""TinyDeepSeek: a decoder-only transformer assembled from the course's components, configured by ``ModelArgs``.
+
+Each ``Block`` is pre-norm, ``x + attn(attn_norm(x))`` then ``x + ffn(ffn_norm(x))``, as in DeepSeek-V3's
+``inference/model.py``. Attention is MLA (``dslab.mla``) or MHA/GQA/MQA (``dslab.attention``) by ``args.attn``; the
+first ``n_dense_layers`` use a dense SwiGLU FFN and the rest DeepSeekMoE (``dslab.moe``) when the config has routed
+experts. In training mode attention runs over the whole sequence; in eval mode it decodes incrementally from its
+preallocated cache (``start_pos``). Multi-Token Prediction modules (``n_mtp``) are not built here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dslab.attention import Attention
+from dslab.configs import ModelArgs
+from dslab.mla import MLA
+from dslab.nn import MLP, RMSNorm
+
+
+class Block(nn.Module):
+    """One transformer layer: attention then FFN (dense for layer_id < n_dense_layers, else MoE), both pre-norm."""
+
+    def __init__(self, layer_id: int, args: ModelArgs, max_batch_size: int = 8):
+        super().__init__()
+        self.attn = MLA(args, max_batch_size) if args.attn == "mla" else Attention(args, max_batch_size)
+        if args.is_moe and layer_id >= args.n_dense_layers:
+            from dslab.moe import MoE
+
+            self.ffn = MoE(args)
+        else:
+            self.ffn = MLP(args.dim, args.inter_dim)
+        self.attn_norm, self.ffn_norm = RMSNorm(args.dim), RMSNorm(args.dim)
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """x [B, S, dim] -> [B, S, dim]."""
+        x = x + self.attn(self.attn_norm(x), start_pos)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """Embedding, ``n_layers`` Blocks, final RMSNorm and output head. tokens [B, S] -> logits [B, S, vocab_size]."""
+
+    def __init__(self, args: ModelArgs, max_batch_size: int = 8, init_std: float = 0.02):
+        super().__init__()
+        if not init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {init_std!r}")
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(i, args, max_batch_size) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim)
+        self.head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.head.weight = self.embed.weight
+        for p in self.parameters():  # matrices only: norms keep their ones, the gate bias is a buffer
+            if p.dim() >= 2:
+                nn.init.normal_(p, std=init_std)
+
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        if tokens.dim() != 2 or tokens.dtype != torch.long:
+            raise ValueError(f"tokens must be a [batch, seqlen] long tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.args.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.args.vocab_size}), got [{tokens.min()}, {tokens.max()}]")
+        h = self.embed(tokens)
+        for layer in self.layers:
+            h = layer(h, start_pos)
+        return self.head(self.norm(h))
+
+    def moe_layers(self) -> list[nn.Module]:
+        """The MoE FFNs, in layer order (empty for a dense model)."""
+        return [b.ffn for b in self.layers if not isinstance(b.ffn, MLP)]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, stop: int | None = None,
+                 generator: torch.Generator | None = None) -> list[int]:
+        """Continue ``prompt`` by up to ``max_new_tokens`` tokens from the KV cache (greedy when temperature == 0)."""
+        if not prompt:
+            raise ValueError("prompt must hold at least one token")
+        if len(prompt) + max_new_tokens > self.args.max_seq_len:
+            raise ValueError(f"prompt + max_new_tokens = {len(prompt) + max_new_tokens} exceeds max_seq_len "
+                             f"{self.args.max_seq_len}")
+        was_training, out = self.training, []
+        self.eval()
+        device = self.embed.weight.device
+        logits = self(torch.tensor([prompt], device=device))[:, -1]
+        for i in range(max_new_tokens):
+            if temperature > 0:
+                probs = F.softmax(logits.float() / temperature, dim=-1)
+                nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
+            else:
+                nxt = int(logits.argmax(-1))
+            out.append(nxt)
+            if nxt == stop or i == max_new_tokens - 1:
+                break
+            logits = self(torch.tensor([[nxt]], device=device), start_pos=len(prompt) + i)[:, -1]
+        self.train(was_training)
+        return out
