@@ -1,0 +1,85 @@
+# dslab: `make lab` opens the course, `make test` checks everything. Both set the environment up first.
+# Variables (override on the command line, e.g. `make setup TORCH=cpu` or `make test ENV=conda`):
+#   ENV=venv|conda   where to install (default venv: .venv with pip; conda uses environment.yml)
+#   TORCH=auto|cpu|cuda   which PyTorch build (auto: cuda when nvidia-smi sees a GPU)
+#   PYTHON=python3.11   interpreter that creates the venv
+SHELL := /bin/bash
+ENV ?= venv
+TORCH ?= auto
+TORCH_VERSION ?= 2.13.0
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+CONDA_ENV ?= dslab
+JOBS ?= 2
+SUBMISSIONS ?= submissions
+OUT ?= build/grades
+
+ifeq ($(ENV),conda)
+  CONDA := $(shell command -v mamba || command -v conda)
+  PY := $(CONDA) run --no-capture-output -n $(CONDA_ENV) python
+  STAMP := build/.conda-$(CONDA_ENV).done
+else
+  PY := $(VENV)/bin/python
+  STAMP := $(VENV)/.done
+endif
+HEADLESS := DSLAB_HEADLESS=1 TQDM_DISABLE=1 MPLBACKEND=Agg
+
+.PHONY: setup lab run test lint unit notebooks labs solutions grade bench doctor clean
+
+setup: $(STAMP)
+
+$(VENV)/.done: requirements.txt pyproject.toml tools/install_torch.sh
+	$(PYTHON) -m venv $(VENV)
+	bash tools/install_torch.sh $(PY) $(TORCH) $(TORCH_VERSION)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -e .
+	touch $@
+
+build/.conda-$(CONDA_ENV).done: environment.yml pyproject.toml
+	@test -n "$(CONDA)" || { echo "ENV=conda needs conda or mamba on PATH"; exit 2; }
+	$(CONDA) env update -n $(CONDA_ENV) -f environment.yml --prune
+	mkdir -p build && touch $@
+
+lab: setup
+	$(PY) -m jupyter lab labs/
+
+run: setup
+	$(HEADLESS) $(PY) -m dslab run
+
+test: setup lint unit notebooks
+
+lint: setup
+	$(PY) -m ruff check dslab tests
+
+unit: setup
+	$(HEADLESS) $(PY) -m pytest -q -n $(JOBS) tests
+
+# Every solution notebook, prepared with FAST=True, executed once by nbval: cells run headless and the cells tagged
+# nbval-check-output must print what the committed solution printed.
+notebooks: setup
+	rm -rf build/nbval && mkdir -p build/nbval
+	for nb in solutions/*.ipynb; do \
+	  $(PY) -m papermill --prepare-only -p FAST True "$$nb" "build/nbval/$$(basename $$nb)" -k python3 2>/dev/null || exit 1; \
+	done
+	$(HEADLESS) $(PY) -m pytest -q -p no:python --nbval-lax --nbval-current-env --nbval-sanitize-with \
+	  .nbval_sanitize.cfg --nbval-cell-timeout 600 -n $(JOBS) --dist loadscope build/nbval
+
+labs: setup
+	$(PY) -m dslab build
+
+# Execute the solutions with their saved parameters and write them back, normalized, then regenerate labs/.
+solutions: setup
+	$(HEADLESS) $(PY) -m dslab run --update-solutions
+	$(PY) -m dslab build
+
+grade: setup
+	$(PY) -m dslab grade $(SUBMISSIONS) --out $(OUT) --jobs $(JOBS)
+
+bench: setup
+	$(PY) -m dslab.bench
+
+doctor: setup
+	$(PY) -m dslab doctor
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache dslab.egg-info

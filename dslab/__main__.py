@@ -1,0 +1,106 @@
+"""``python -m dslab COMMAND``: build, grade, doctor, run, data. ``python -m dslab COMMAND --help`` for details."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _build(a) -> int:
+    from dslab.course.build import BuildError, build_all, normalize_all
+
+    try:
+        if a.normalize:
+            for p in normalize_all(a.solutions):
+                print(f"normalized {p}")
+        problems = build_all(a.solutions, a.labs, check=a.check)
+    except BuildError as e:
+        print(f"build failed: {e}", file=sys.stderr)
+        return 1
+    for p in problems:
+        print(p, file=sys.stderr)
+    if not problems:
+        print("labs/ is in sync with solutions/" if a.check else f"wrote labs to {a.labs}/")
+    return 1 if problems else 0
+
+
+def _grade(a) -> int:
+    from dslab.course.grade import Limits, grade, print_table
+
+    missing = [p for p in a.submissions if not p.exists()]
+    if missing:
+        print(f"no such file or folder: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    limits = Limits(cell_seconds=a.cell_timeout, total_seconds=a.timeout)
+    reports = grade(a.submissions, a.out, lab=a.lab, seed=a.seed, grading_seed=a.grading_seed, jobs=a.jobs,
+                    limits=limits)
+    print_table(reports)
+    print(f"reports in {a.out}/ (grades.csv and one JSON per submission)")
+    return 0
+
+
+def _doctor(a) -> int:
+    from dslab.course.doctor import doctor
+
+    return doctor()
+
+
+def _run(a) -> int:
+    from dslab.course.run import run
+
+    return run(a.solutions, a.out, a.names, a.fast, a.update_solutions)
+
+
+def _data(a) -> int:
+    from dslab.data import freeze
+
+    for path in freeze(a.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dslab", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="generate labs/ from solutions/")
+    b.add_argument("--check", action="store_true", help="exit 1 if labs/ differs from what the build produces")
+    b.add_argument("--normalize", action="store_true", help="also rewrite solutions/ in normalized form")
+    b.add_argument("--solutions", type=Path, default=Path("solutions"))
+    b.add_argument("--labs", type=Path, default=Path("labs"))
+    b.set_defaults(func=_build)
+
+    g = sub.add_parser("grade", help="grade submissions (files or folders) with hidden cases")
+    g.add_argument("submissions", nargs="+", type=Path)
+    g.add_argument("--out", type=Path, default=Path("build/grades"))
+    g.add_argument("--lab", help="lab id such as 00 (default: read from the notebook)")
+    g.add_argument("--seed", type=int, default=0, help="SEED injected into every submission")
+    g.add_argument("--grading-seed", type=int, help="seed for the hidden cases (default: fresh each run)")
+    g.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel")
+    g.add_argument("--cell-timeout", type=int, default=120, help="seconds per cell before it is interrupted")
+    g.add_argument("--timeout", type=int, default=900, help="seconds per submission in total")
+    g.set_defaults(func=_grade)
+
+    d = sub.add_parser("doctor", help="check the environment")
+    d.set_defaults(func=_doctor)
+
+    r = sub.add_parser("run", help="execute solution notebooks headless, one line per lab")
+    r.add_argument("names", nargs="*", help="notebook name prefixes (default: all)")
+    r.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="inject FAST (default: as saved in the notebook)")
+    r.add_argument("--out", type=Path, default=Path("build/run"))
+    r.add_argument("--solutions", type=Path, default=Path("solutions"))
+    r.add_argument("--update-solutions", action="store_true", help="write executed notebooks back to solutions/")
+    r.set_defaults(func=_run)
+
+    dt = sub.add_parser("data", help="regenerate the frozen splits in datasets/")
+    dt.add_argument("--out", type=Path, default=Path("datasets"))
+    dt.set_defaults(func=_data)
+
+    a = p.parse_args(argv)
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

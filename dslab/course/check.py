@@ -1,0 +1,78 @@
+"""``dslab.check``: instant feedback on public cases. It never raises and prints exactly one line."""
+
+from __future__ import annotations
+
+import html
+
+from dslab.course.exercises import Exercise, find
+from dslab.course.limits import CallTimeout, time_limit
+
+MIME = "application/vnd.dslab.check+json"
+CALL_SECONDS = 5.0  # a public case is tiny; anything slower is a runaway loop, not a slow laptop
+
+
+def run_cases(ex: Exercise, answer, cases) -> tuple[str, str]:
+    """Run ``answer`` on ``cases`` -> (status, message); status is passed, failed or not-attempted."""
+    for case in cases:
+        expected = ex.reference(*case.args)
+        try:
+            with time_limit(CALL_SECONDS):
+                got = answer(*case.args)
+        except NotImplementedError as e:
+            return "not-attempted", f"not attempted yet ({e or 'the stub still raises NotImplementedError'})"
+        except CallTimeout as e:
+            return "failed", f"case '{case.label}' {e}"
+        except Exception as e:  # noqa: BLE001 - any learner error is feedback, not a crash
+            return "failed", f"case '{case.label}' raised {type(e).__name__}: {e}"
+        if (diff := ex.compare(expected, got)) is not None:
+            hint = f" Hint: {ex.hint}" if ex.hint else ""
+            return "failed", f"case '{case.label}': {diff}.{hint}"
+    return "passed", f"public checks passed ({len(cases)} cases); hidden cases are graded separately"
+
+
+def evaluate(exercise_id: str, answer) -> tuple[str, str]:
+    """(status, one-line message) for ``answer``; status is passed, failed, not-attempted or error."""
+    try:
+        ex = find(exercise_id)
+    except Exception as e:  # noqa: BLE001
+        return "error", str(e)
+    head = f"{ex.id} (Exercise {ex.number})"
+    if answer is None:
+        return "not-attempted", f"{head}: not attempted yet: pass your function, e.g. check({ex.id!r}, {ex.target})"
+    if not callable(answer):
+        return "failed", f"{head}: expected a function such as {ex.target}, got {type(answer).__name__}"
+    try:
+        status, msg = run_cases(ex, answer, ex.public_cases())
+    except BaseException as e:  # noqa: BLE001 - SystemExit from learner code must not end the kernel here
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        status, msg = "failed", f"{type(e).__name__}: {e}"
+    return status, f"{head}: {msg}"
+
+
+_ICON = {"passed": "✅", "failed": "❌", "not-attempted": "⏳", "error": "⚠️"}
+_COLOR = {"passed": "#1a7f37", "failed": "#cf222e", "not-attempted": "#9a6700", "error": "#cf222e"}
+
+
+def check(exercise_id: str, answer=None) -> bool:
+    """Print one line of feedback on ``answer`` for ``exercise_id``; True when the public cases pass."""
+    try:
+        status, msg = evaluate(exercise_id, answer)
+        _show(status, f"{_ICON[status]} {msg}", exercise_id)
+        return status == "passed"
+    except Exception as e:  # noqa: BLE001 - the promise is: never raise
+        print(f"⚠️ dslab.check could not run: {type(e).__name__}: {e}")
+        return False
+
+
+def _show(status: str, line: str, exercise_id: str) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
+        print(line)
+        return
+    html_line = f'<span style="color:{_COLOR[status]}">{html.escape(line)}</span>'
+    display({"text/plain": line, "text/html": html_line, MIME: {"id": exercise_id, "status": status}}, raw=True)

@@ -1,0 +1,1 @@
+"""One module of exercises per lab: ``labNN_<slug>.py`` with ``NOTEBOOK`` and ``EXERCISES``."""

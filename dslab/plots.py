@@ -1,0 +1,71 @@
+"""Pure figure helpers shared by the labs.
+
+Figures are built with ``matplotlib.figure.Figure`` directly, not through pyplot: nothing is drawn as a side effect
+and nothing leaks, so a notebook shows a figure exactly once, when it displays the returned object.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+
+def _inline_png() -> None:
+    """In a Jupyter kernel, display Figure objects as PNG although they never pass through pyplot."""
+    if "ipykernel" not in sys.modules:
+        return
+    try:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("png")
+    except Exception:  # noqa: BLE001 - no inline backend: figures still show as text
+        pass
+
+
+_inline_png()
+
+
+def figure(ncols: int = 1, width: float = 5.0, height: float = 3.4) -> tuple[Figure, list[Axes]]:
+    """A figure with ``ncols`` side-by-side axes, sized for a notebook column."""
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    return fig, list(np.atleast_1d(fig.subplots(1, ncols)))
+
+
+def grouped_bars(ax: Axes, labels: list[str], series: dict[str, list[float]], ylabel: str = "",
+                 log: bool = False, fmt: str = "{:.3g}") -> Axes:
+    """Bars for each label, one colour per series; with a single series the values are written on top."""
+    if any(len(v) != len(labels) for v in series.values()):
+        raise ValueError("every series must have one value per label")
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(labels))
+    for i, (name, values) in enumerate(series.items()):
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+        if len(series) == 1:
+            ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=8, padding=1)
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return ax
+
+
+def share_pie(ax: Axes, parts: dict[str, float], title: str = "", min_share: float = 0.01) -> Axes:
+    """A pie of ``parts``; slices under ``min_share`` are merged into "other" so labels stay readable."""
+    total = sum(parts.values())
+    if total <= 0:
+        raise ValueError("parts must have a positive sum")
+    big = {k: v for k, v in parts.items() if v / total >= min_share}
+    other = total - sum(big.values())
+    if other > 0:
+        big["other"] = other
+    ax.pie(list(big.values()), labels=[f"{k}\n{v / total:.1%}" for k, v in big.items()], startangle=90,
+           textprops={"fontsize": 8})
+    ax.set_title(title, fontsize=10)
+    return ax
