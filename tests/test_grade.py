@@ -93,7 +93,7 @@ def batch(tmp_path_factory):
     (tmp / "essay.txt").write_text("my answers are in my head\n", encoding="utf-8")
     digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp.iterdir()}
     out = tmp_path_factory.mktemp("grades")
-    reports = grade([tmp], out, grading_seed=7, jobs=2, limits=Limits(cell_seconds=4, total_seconds=120))
+    reports = grade([tmp], out, grading_seed=7, jobs=2, limits=Limits(cell_seconds=20, total_seconds=240))
     return {Path(r["submission"]).stem: r for r in reports}, digests, out
 
 

@@ -51,6 +51,9 @@ class Explorer:
         self.numbers: dict = {}
         for control in controls.values():
             control.observe(self._update, names="value")
+            style = getattr(control, "style", None)
+            if hasattr(style, "description_width") and not style.description_width:
+                style.description_width = "initial"  # show descriptions such as "kv_lora_rank" in full
         self._update()
         self.ui = W.VBox([W.VBox(list(controls.values())), self.summary, self.out])
 

@@ -1,0 +1,75 @@
+"""Command-line faces: doctor, run, bench, and the notebook set-up contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dslab(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "dslab", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_doctor_prints_one_line_per_requirement():
+    out = _dslab("doctor")
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[")]
+    names = [ln.split("]")[1].split(":")[0].strip() for ln in lines]
+    assert {"python", "torch", "jupyterlab", "ipywidgets", "matplotlib", "papermill", "nbval", "disk"} <= set(names)
+    assert out.returncode == (1 if any(ln.startswith("[FAIL]") for ln in lines) else 0)
+    assert "device" in next(ln for ln in lines if "] torch:" in ln)
+
+
+def test_doctor_fails_when_a_requirement_is_missing(monkeypatch, capsys):
+    from dslab.course import doctor
+
+    monkeypatch.setattr(doctor, "CHECKS", [("ghost", doctor._module("no_such_module_xyz", "test"))])
+    assert doctor.doctor() == 1
+    assert capsys.readouterr().out.startswith("[FAIL] ghost")
+
+
+def test_bench_lists_and_rejects_unknown_names():
+    out = subprocess.run([sys.executable, "-m", "dslab.bench", "no-such-bench"], capture_output=True, text=True)
+    assert out.returncode == 2 and "available" in out.stderr
+
+
+def test_bench_result_line_format():
+    from dslab.bench import Result
+
+    assert Result("moe", 1.18, "x", "<=", 1.25).line() == "moe: 1.18x (target <= 1.25x)"
+    assert Result("mla", 1.4, "x", ">=", 1.5).met is False
+
+
+@pytest.mark.slow
+def test_run_executes_a_notebook_and_reports_its_numbers(tmp_path):
+    out = _dslab("run", "00", "--fast", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("00_by_the_numbers"))
+    assert " ok " in line and "v3_total_B=671" in line and "kv_reduction_pct=93.3" in line
+    executed = nbformat.read(tmp_path / "00_by_the_numbers.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "FAST = True" in injected[0].source
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_every_notebook_honours_the_contract(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "SEED" in params[0].source and "FAST" in params[0].source
+    setup = code[0].source
+    assert "import dslab" in setup and "ModuleNotFoundError" in setup and "dslab.require(" in setup
+    assert nb.cells[0].cell_type == "markdown" and "Time" in nb.cells[0].source
+    assert any("nbval-check-output" in c.metadata.get("tags", []) for c in code)
+    assert any("dslab.record(" in c.source for c in code)
+    assert nb.metadata.kernelspec["name"] == "python3"
+    for c in code:  # committed executed: every cell has run, in order, without errors
+        assert c.execution_count is not None
+        assert not any(o.get("output_type") == "error" for o in c.outputs), c.source[:80]
+    json.dumps(nb)  # serialisable as committed
