@@ -40,8 +40,10 @@ build/.conda-$(CONDA_ENV).done: environment.yml pyproject.toml
 	$(CONDA) env update -n $(CONDA_ENV) -f environment.yml --prune
 	mkdir -p build && touch $@
 
+# Extra JupyterLab options, e.g. LAB_ARGS="--no-browser --port 8890"; root (containers, Colab-like VMs) needs --allow-root.
+LAB_ARGS ?=
 lab: setup
-	$(PY) -m jupyter lab labs/
+	$(PY) -m jupyter lab labs/ $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 run: setup
 	$(HEADLESS) $(PY) -m dslab run
