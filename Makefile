@@ -23,6 +23,8 @@ else
   STAMP := $(VENV)/.done
 endif
 HEADLESS := DSLAB_HEADLESS=1 TQDM_DISABLE=1 MPLBACKEND=Agg
+# Targets that run JOBS processes side by side give each one thread, so 2 jobs on 2 cores do not fight.
+PARALLEL := $(HEADLESS) OMP_NUM_THREADS=1
 
 .PHONY: setup lab run test lint unit notebooks labs solutions grade bench doctor clean
 
@@ -54,7 +56,7 @@ lint: setup
 	$(PY) -m ruff check dslab tests
 
 unit: setup
-	$(HEADLESS) $(PY) -m pytest -q -n $(JOBS) tests
+	$(PARALLEL) $(PY) -m pytest -q -n $(JOBS) tests
 
 # Every solution notebook, prepared with FAST=True, executed once by nbval: cells run headless and the cells tagged
 # nbval-check-output must print what the committed solution printed.
@@ -63,7 +65,7 @@ notebooks: setup
 	for nb in solutions/*.ipynb; do \
 	  $(PY) -m papermill --prepare-only -p FAST True "$$nb" "build/nbval/$$(basename $$nb)" -k python3 2>/dev/null || exit 1; \
 	done
-	$(HEADLESS) $(PY) -m pytest -q -p no:python --nbval-lax --nbval-current-env --nbval-sanitize-with \
+	$(PARALLEL) $(PY) -m pytest -q -p no:python --nbval-lax --nbval-current-env --nbval-sanitize-with \
 	  .nbval_sanitize.cfg --nbval-cell-timeout 600 -n $(JOBS) --dist loadscope build/nbval
 
 labs: setup

@@ -30,6 +30,18 @@ def check_step(x: torch.Tensor, dim: int, start_pos: int, max_batch_size: int, m
     return end_pos
 
 
+def check_forward(x: torch.Tensor, dim: int, start_pos: int, max_batch_size: int, max_seq_len: int,
+                  training: bool) -> int:
+    """``check_step`` for a module's forward: training attends within x (start_pos 0, any batch, nothing cached);
+    eval decodes from the preallocated cache, so the batch must fit it."""
+    if not training:
+        return check_step(x, dim, start_pos, max_batch_size, max_seq_len)
+    end_pos = check_step(x, dim, start_pos, x.shape[0] or 1, max_seq_len)
+    if start_pos != 0:
+        raise ValueError(f"start_pos must be 0 in training mode (call .eval() to decode), got {start_pos}")
+    return end_pos
+
+
 def causal_mask(seqlen: int, start_pos: int = 0, device: torch.device | str | None = None) -> torch.Tensor | None:
     """Additive mask [seqlen, start_pos + seqlen]: query i (position start_pos + i) sees keys j <= start_pos + i.
 
@@ -77,12 +89,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         """x [B, S, dim] holding positions start_pos..start_pos+S-1 -> [B, S, dim]."""
-        if self.training:  # training attends within x: nothing is cached, so any batch size works
-            end_pos = check_step(x, self.dim, start_pos, x.shape[0] or 1, self.max_seq_len)
-            if start_pos != 0:
-                raise ValueError(f"start_pos must be 0 in training mode (call .eval() to decode), got {start_pos}")
-        else:
-            end_pos = check_step(x, self.dim, start_pos, self.max_batch_size, self.max_seq_len)
+        end_pos = check_forward(x, self.dim, start_pos, self.max_batch_size, self.max_seq_len, self.training)
         bsz, seqlen, _ = x.shape
         groups = self.n_heads // self.n_kv_heads
         freqs_cis = self.freqs_cis[start_pos:end_pos]

@@ -9,15 +9,14 @@ layer instead of MHA's 2·H·d_h (V2 Table 1). Parameter names follow ``MLA`` in
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dslab.attention import causal_mask, check_max_batch_size, check_step
+from dslab.accounting import kv_elements_per_token
+from dslab.attention import causal_mask, check_forward, check_max_batch_size
 from dslab.configs import ModelArgs
-from dslab.nn import RMSNorm, apply_rotary_emb, rope_freqs_cis, yarn_mscale
+from dslab.nn import RMSNorm, apply_rotary_emb, precompute_freqs_cis, rope_freqs_cis, yarn_mscale
 
 ATTN_IMPLS = ("naive", "absorb")
 CACHE_LAYOUTS = ("bhtd", "bthd")
@@ -32,40 +31,47 @@ def softmax_scale(args: ModelArgs) -> float:
     return scale
 
 
-def kv_elements_per_token(args: ModelArgs, attn_impl: str = "absorb") -> int:
-    """Cached elements per token and layer: MLA absorb d_c + d_R (V2 Table 1); MLA naive H·(d_nope + d_R + d_v), the
-    official naive cache of full keys and values; MHA/GQA/MQA 2·n_kv·head_dim."""
+def cache_elements_per_layer(args: ModelArgs, attn_impl: str = "absorb") -> int:
+    """Numbers one MLA layer caches per token: "absorb" d_c + d_R (V2 Table 1, the official default), "naive"
+    H·(d_nope + d_R + d_v), the full per-head keys and values of the official naive path (V3 eqs. 4-5).
+
+    The absorbed count is ``dslab.accounting.kv_elements_per_token`` per layer (the course's one KV formula); the
+    naive one is what MLA would cache without weight absorption: more than MHA with the same heads, since every head
+    also stores the RoPE key. V3: 576 vs 40,960 (1.4%).
+    """
     if args.attn != "mla":
-        return 2 * args.kv_heads * args.attn_head_dim
+        raise ValueError(f"args.attn must be 'mla', got {args.attn!r} (classic attention: dslab.accounting)")
     if attn_impl not in ATTN_IMPLS:
         raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
     if attn_impl == "absorb":
-        return args.kv_lora_rank + args.qk_rope_head_dim
+        return kv_elements_per_token(args) // args.n_layers
     return args.n_heads * (args.qk_nope_head_dim + args.qk_rope_head_dim + args.v_head_dim)
 
 
-def kv_cache_bytes(args: ModelArgs, tokens: int = 1, bits: float = 16, layers: int | None = None,
-                   attn_impl: str = "absorb") -> float:
-    """KV cache bytes for ``tokens`` tokens over ``layers`` layers (default args.n_layers) at ``bits`` per element.
-
-    V2 at 6 bits vs DeepSeek 67B (GQA-8) in BF16 gives V2's "93.3% smaller" (V2 §3.2.3); per token 34,560 vs 194,560.
-    """
-    if not bits > 0 or tokens < 0:
-        raise ValueError(f"need bits > 0 and tokens >= 0, got bits={bits!r}, tokens={tokens!r}")
-    layers = args.n_layers if layers is None else layers
-    return kv_elements_per_token(args, attn_impl) * layers * tokens * bits / 8
-
-
-def latent_cache_step(x: torch.Tensor, wkv_a: torch.Tensor, kv_norm: Callable[[torch.Tensor], torch.Tensor],
-                      freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_cache_step(x: torch.Tensor, wkv_a: torch.Tensor, kv_norm_weight: torch.Tensor, freqs_cis: torch.Tensor,
+                      eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """What MLA caches for new tokens: c^KV = kv_norm(W^DKV h) (V3 eq. 1) and k^R = RoPE(W^KR h) (eq. 3).
 
-    x [B, S, dim]; wkv_a: the stacked weight [c + r, dim]; kv_norm: RMSNorm over c (V2 §3.1.2); freqs_cis
-    [S, r/2]. Returns (c_kv [B, S, c], k_pe [B, S, r]); k_pe is one head, shared by all query heads.
+    x [B, S, dim]; wkv_a: the stacked weight [W^DKV; W^KR] of shape [c + r, dim]; kv_norm_weight [c], the RMSNorm
+    that follows the latent (V2 §3.1.2); freqs_cis [S, r/2] (complex) for the tokens' positions. Returns
+    (c_kv [B, S, c], k_pe [B, S, r]); k_pe is one head, shared by all query heads, and is cached after RoPE.
     """
     rope_dim = 2 * freqs_cis.shape[-1]
     kv, k_pe = F.linear(x, wkv_a).split([wkv_a.shape[0] - rope_dim, rope_dim], dim=-1)
-    return kv_norm(kv), apply_rotary_emb(k_pe.unsqueeze(2), freqs_cis).squeeze(2)
+    c_kv = F.rms_norm(kv, (kv.shape[-1],), kv_norm_weight, eps)
+    return c_kv, apply_rotary_emb(k_pe.unsqueeze(2), freqs_cis).squeeze(2)
+
+
+def latent_cache_step_at(x: torch.Tensor, wkv_a: torch.Tensor, kv_norm_weight: torch.Tensor, start_pos: int = 0,
+                         rope_theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``latent_cache_step`` for tokens at positions start_pos..start_pos+S-1 with plain RoPE (no YaRN), eps 1e-6.
+
+    x [B, S, dim]; wkv_a [c + r, dim]; kv_norm_weight [c] (r = wkv_a rows - c). Returns (c_kv [B, S, c],
+    k_pe [B, S, r]). Lab 03's exercise 3.2; positions replace the complex RoPE table so every input is plain data.
+    """
+    seqlen, rope_dim = x.shape[1], wkv_a.shape[0] - kv_norm_weight.shape[0]
+    freqs_cis = precompute_freqs_cis(rope_dim, start_pos + seqlen, rope_theta)[start_pos:]
+    return latent_cache_step(x, wkv_a, kv_norm_weight, freqs_cis)
 
 
 def _split_wkv_b(wkv_b: torch.Tensor, n_heads: int, qk_nope_head_dim: int,
@@ -88,7 +94,7 @@ def expand_latent(c_kv: torch.Tensor, wkv_b: torch.Tensor, n_heads: int, qk_nope
 
 def absorb_query(q_nope: torch.Tensor, wkv_b: torch.Tensor, n_heads: int, qk_nope_head_dim: int,
                  v_head_dim: int) -> torch.Tensor:
-    """Fold W^UK into the query: q^Cᵀ(W^UK c) = (W^UKᵀ q^C)ᵀ c, so keys never leave the latent (V2 §2.1.3).
+    """Fold W^UK into the query: q^Cᵀ(W^UK c) = (W^UKᵀ q^C)ᵀ c, so keys never leave the latent (V2 §2.1.2).
 
     q_nope [B, S, H, d_nope]; wkv_b [H·(d_nope + d_v), c]. Returns [B, S, H, c].
     """
@@ -114,6 +120,25 @@ def absorbed_output(probs: torch.Tensor, kv_cache: torch.Tensor, wkv_b: torch.Te
     """
     _, w_uv = _split_wkv_b(wkv_b, n_heads, qk_nope_head_dim, v_head_dim)
     return torch.einsum("bshc,hdc->bshd", torch.einsum("bsht,btc->bshc", probs, kv_cache), w_uv)
+
+
+def absorbed_attention(q_nope: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, pe_cache: torch.Tensor,
+                       wkv_b: torch.Tensor, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MLA attention that never leaves the latent space (V2 §2.1.2, the official ``attn_impl="absorb"``).
+
+    q_nope [B, S, H, d_nope]; q_pe [B, S, H, r] (RoPE applied); kv_cache [B, T, c]; pe_cache [B, T, r]; wkv_b
+    [H·(d_nope + d_v), c]; mask: additive [S, T] or None (every query sees all T). Returns o [B, S, H, d_v], the same
+    as expanding k = [W^UK c; k^R] and v = W^UV c per head (V3 eqs. 4, 5, 10) with fp32 softmax.
+    """
+    n_heads, nope = q_nope.shape[2], q_nope.shape[3]
+    if wkv_b.shape[0] % n_heads or wkv_b.shape[0] // n_heads <= nope:
+        raise ValueError(f"wkv_b [{wkv_b.shape[0]}, c] must hold H = {n_heads} heads of d_nope = {nope} + d_v rows")
+    heads = (n_heads, nope, wkv_b.shape[0] // n_heads - nope)
+    scores = absorbed_scores(absorb_query(q_nope, wkv_b, *heads), q_pe, kv_cache, pe_cache, scale)
+    if mask is not None:
+        scores = scores + mask.unsqueeze(1)
+    probs = scores.softmax(dim=-1, dtype=torch.float32).type_as(q_nope)
+    return absorbed_output(probs, kv_cache, wkv_b, *heads)
 
 
 def _check_mla_args(args: ModelArgs) -> None:
@@ -174,19 +199,14 @@ class MLA(nn.Module):
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         """x [B, S, dim] holding positions start_pos..start_pos+S-1 -> u [B, S, dim] (V3 eq. 11)."""
-        if self.training:  # training attends within x: nothing is cached, so any batch size works
-            end_pos = check_step(x, self.dim, start_pos, x.shape[0] or 1, self.max_seq_len)
-            if start_pos != 0:
-                raise ValueError(f"start_pos must be 0 in training mode (call .eval() to decode), got {start_pos}")
-        else:
-            end_pos = check_step(x, self.dim, start_pos, self.max_batch_size, self.max_seq_len)
+        end_pos = check_forward(x, self.dim, start_pos, self.max_batch_size, self.max_seq_len, self.training)
         bsz, seqlen, _ = x.shape
         freqs_cis = self.freqs_cis[start_pos:end_pos]
         q = self.wq(x) if self.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
         q_nope, q_pe = q.view(bsz, seqlen, self.n_heads, self.qk_head_dim).split(
             [self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
         q_pe = apply_rotary_emb(q_pe, freqs_cis)  # V3 eq. 8
-        c_kv, k_pe = latent_cache_step(x, self.wkv_a.weight, self.kv_norm, freqs_cis)
+        c_kv, k_pe = latent_cache_step(x, self.wkv_a.weight, self.kv_norm.weight, freqs_cis, self.kv_norm.eps)
         if self.training:
             return self.wo(self._uncached(q_nope, q_pe, c_kv, k_pe).flatten(2))
         mask = causal_mask(seqlen, start_pos, x.device)
@@ -201,7 +221,7 @@ class MLA(nn.Module):
         """Training path: the naive expansion over x's own tokens with a fused causal kernel -> o [B, S, H, d_v].
 
         Absorption saves memory traffic when decoding from a cache; in training every key is used by many queries,
-        so expanding K and V once is the cheaper order (V2 §2.1.3).
+        so expanding K and V once is the cheaper order (see ``dslab.bench.mla.measure_prefill``).
         """
         k_nope, v = expand_latent(c_kv, self.wkv_b.weight, self.n_heads, self.qk_nope_head_dim, self.v_head_dim)
         k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(-1, -1, self.n_heads, -1)], dim=-1)
@@ -235,18 +255,12 @@ class MLA(nn.Module):
 
     def _absorb(self, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Tensor,
                 start_pos: int, end_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """As ``_naive``, but attends in the latent space: the cache is c_kv and k_pe only (V2 §2.1.3)."""
+        """As ``_naive``, but attends in the latent space: the cache is c_kv and k_pe only (V2 §2.1.2)."""
         bsz = q_nope.shape[0]
         self.kv_cache[:bsz, start_pos:end_pos] = c_kv
         self.pe_cache[:bsz, start_pos:end_pos] = k_pe
-        heads = (self.n_heads, self.qk_nope_head_dim, self.v_head_dim)
-        q_absorbed = absorb_query(q_nope, self.wkv_b.weight, *heads)
-        kv_cache, pe_cache = self.kv_cache[:bsz, :end_pos], self.pe_cache[:bsz, :end_pos]
-        scores = absorbed_scores(q_absorbed, q_pe, kv_cache, pe_cache, self.softmax_scale)
-        if mask is not None:
-            scores = scores + mask.unsqueeze(1)
-        probs = scores.softmax(dim=-1, dtype=torch.float32).type_as(q_nope)
-        return absorbed_output(probs, kv_cache, self.wkv_b.weight, *heads)
+        return absorbed_attention(q_nope, q_pe, self.kv_cache[:bsz, :end_pos], self.pe_cache[:bsz, :end_pos],
+                                  self.wkv_b.weight, self.softmax_scale, mask)
 
     def cache_bytes(self) -> int:
         """Bytes held by this path's preallocated cache tensors (absorb: max_batch·max_seq_len·(c + r)·elem size)."""

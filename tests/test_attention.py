@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from dslab import accounting
 from dslab.attention import Attention, causal_mask
 from dslab.configs import ModelArgs
-from dslab.mla import kv_cache_bytes
 
 KINDS = {"mha": 4, "gqa": 2, "mqa": 1}
 
@@ -15,8 +15,9 @@ def attn_args(kind: str) -> ModelArgs:
 
 
 def make(kind: str, max_batch_size: int = 2, seed: int = 0) -> Attention:
+    """A module in eval (decoding) mode."""
     torch.manual_seed(seed)
-    return Attention(attn_args(kind), max_batch_size)
+    return Attention(attn_args(kind), max_batch_size).eval()
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -26,6 +27,19 @@ def test_incremental_decoding_equals_full_pass(kind):
     full = attn(x)
     parts = [attn(x[:, :4], 0), attn(x[:, 4:7], 4)] + [attn(x[:, i:i + 1], i) for i in range(7, 10)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_training_path_equals_decoding_path(kind):
+    """train(): SDPA within x, no cache, any batch size; eval(): the cached path. Same function."""
+    attn = make(kind)
+    x = torch.randn(3, 9, 32)  # batch 3 > max_batch_size: only the training path accepts it
+    trained = attn.train()(x)
+    assert not attn.k_cache.any()
+    decoded = torch.cat([attn.eval()(x[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(trained, decoded, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="training mode"):
+        attn.train()(x, start_pos=2)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -57,7 +71,8 @@ def test_cache_bytes(kind):
     attn = make(kind, max_batch_size=3)
     n_kv = KINDS[kind]
     assert attn.cache_bytes() == 2 * 3 * 16 * n_kv * 8 * 4
-    assert attn.cache_bytes() == kv_cache_bytes(attn_args(kind), tokens=3 * 16, bits=32, layers=1)
+    args = attn_args(kind)
+    assert attn.cache_bytes() == accounting.kv_cache_bytes(args, 3 * 16, bits=32) / args.n_layers
 
 
 def test_causal_mask_with_cached_prefix():

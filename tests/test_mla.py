@@ -3,18 +3,21 @@
 import pytest
 import torch
 
+from dslab import accounting
 from dslab.configs import ModelArgs
 from dslab.mla import (
     MLA,
     absorb_query,
+    absorbed_attention,
     absorbed_output,
     absorbed_scores,
+    cache_elements_per_layer,
     expand_latent,
-    kv_cache_bytes,
-    kv_elements_per_token,
     latent_cache_step,
+    latent_cache_step_at,
     softmax_scale,
 )
+from dslab.nn import RMSNorm, precompute_freqs_cis
 
 SMALL = dict(dim=64, n_heads=4, n_layers=2, q_lora_rank=0, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
              v_head_dim=12, max_seq_len=24, original_seq_len=24)
@@ -28,12 +31,13 @@ def small(**changes) -> ModelArgs:
 
 
 def twins(args: ModelArgs, max_batch_size: int = 2) -> dict[str, MLA]:
-    """Absorbed and naive (both cache layouts) modules with the same weights."""
+    """Absorbed and naive (both cache layouts) modules with the same weights, in eval (decoding) mode."""
     torch.manual_seed(0)
     mods = {"absorb": MLA(args, max_batch_size, "absorb"), "naive": MLA(args, max_batch_size, "naive"),
             "naive_bthd": MLA(args, max_batch_size, "naive", cache_layout="bthd")}
     for m in mods.values():
         m.load_state_dict(mods["absorb"].state_dict())
+        m.eval()
     return mods
 
 
@@ -61,17 +65,31 @@ def test_naive_equals_absorbed_outputs_and_caches(variant):
 @pytest.mark.parametrize("variant", ["q_lora", "yarn"])
 def test_incremental_decoding_equals_full_pass(impl, variant):
     torch.manual_seed(0)
-    mla = MLA(small(**VARIANTS[variant]), 2, impl)
+    mla = MLA(small(**VARIANTS[variant]), 2, impl).eval()
     x = torch.randn(2, 12, 64)
     full = mla(x)
     parts = [mla(x[:, :5], 0), mla(x[:, 5:8], 5)] + [mla(x[:, i:i + 1], i) for i in range(8, 12)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_training_path_equals_decoding_path(variant):
+    """train(): SDPA over x itself, no cache, any batch size; eval(): the cached path. Same function."""
+    torch.manual_seed(0)
+    mla = MLA(small(**VARIANTS[variant]), 2)
+    x = torch.randn(3, 10, 64)  # batch 3 > max_batch_size: only the training path accepts it
+    trained = mla.train()(x)
+    assert not mla.kv_cache.any()  # nothing cached while training
+    decoded = torch.cat([mla.eval()(x[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(trained, decoded, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="training mode"):
+        mla.train()(x, start_pos=1)
+
+
 @pytest.mark.parametrize("impl", ["absorb", "naive"])
 def test_causal_future_tokens_do_not_change_the_past(impl):
     torch.manual_seed(0)
-    mla = MLA(small(), 1, impl)
+    mla = MLA(small(), 1, impl).eval()
     x = torch.randn(1, 10, 64)
     y = x.clone()
     y[:, 6:] = torch.randn(1, 4, 64)
@@ -94,9 +112,10 @@ def test_pure_functions_match_the_naive_scores():
     mla = MLA(small(), 1)
     x = torch.randn(1, 6, 64)
     freqs = mla.freqs_cis[:6]
-    c_kv, k_pe = latent_cache_step(x, mla.wkv_a.weight, mla.kv_norm, freqs)
+    c_kv, k_pe = latent_cache_step(x, mla.wkv_a.weight, mla.kv_norm.weight, freqs)
     assert c_kv.shape == (1, 6, 32) and k_pe.shape == (1, 6, 8)
     torch.testing.assert_close(c_kv.pow(2).mean(-1), torch.ones(1, 6), atol=1e-4, rtol=0)  # kv_norm applied
+    torch.testing.assert_close(c_kv, mla.kv_norm(torch.nn.functional.linear(x, mla.wkv_a.weight[:32])))
     q_nope, q_pe = torch.randn(1, 6, 4, 16), torch.randn(1, 6, 4, 8)
     k_nope, v = expand_latent(c_kv, mla.wkv_b.weight, 4, 16, 12)
     k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(-1, -1, 4, -1)], -1)
@@ -107,8 +126,29 @@ def test_pure_functions_match_the_naive_scores():
     probs = naive.softmax(-1)
     torch.testing.assert_close(absorbed_output(probs, c_kv, mla.wkv_b.weight, 4, 16, 12),
                                torch.einsum("bsht,bthd->bshd", probs, v), atol=1e-5, rtol=0)
+    torch.testing.assert_close(absorbed_attention(q_nope, q_pe, c_kv, k_pe, mla.wkv_b.weight, 0.1),
+                               torch.einsum("bsht,bthd->bshd", probs, v), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="wkv_b"):
         absorb_query(q_nope, mla.wkv_b.weight, 4, 16, 16)
+    with pytest.raises(ValueError, match="wkv_b"):
+        absorbed_attention(torch.randn(1, 6, 4, 28), q_pe, c_kv, k_pe, mla.wkv_b.weight, 0.1)
+
+
+def test_latent_cache_step_at_positions():
+    """The exercise's form (positions instead of a RoPE table) equals the module's step at those positions."""
+    torch.manual_seed(0)
+    x, wkv_a, w = torch.randn(2, 3, 16), torch.randn(12, 16) / 4, torch.rand(8) + 0.5
+    c_kv, k_pe = latent_cache_step_at(x, wkv_a, w, start_pos=5)
+    freqs = precompute_freqs_cis(4, 8)[5:]
+    torch.testing.assert_close((c_kv, k_pe), latent_cache_step(x, wkv_a, w, freqs))
+    norm = RMSNorm(8)
+    norm.weight.data.copy_(w)
+    torch.testing.assert_close(c_kv, norm(x @ wkv_a[:8].T))
+    # the RoPE key at position 0 is not rotated; norms are kept at every position
+    c0, k0 = latent_cache_step_at(x, wkv_a, w)
+    torch.testing.assert_close(k0[:, 0], (x @ wkv_a[8:].T)[:, 0])
+    torch.testing.assert_close(k_pe.norm(dim=-1), (x @ wkv_a[8:].T).norm(dim=-1))
+    torch.testing.assert_close(c0, c_kv)  # the latent does not depend on the position
 
 
 def test_softmax_scale():
@@ -125,22 +165,23 @@ def test_cache_bytes_measured_from_the_tensors(q_lora_rank):
     absorb, naive = MLA(args, 3, "absorb"), MLA(args, 3, "naive")
     tokens = 3 * args.max_seq_len
     assert absorb.cache_bytes() == tokens * (32 + 8) * 4
-    assert absorb.cache_bytes() == kv_cache_bytes(args, tokens, bits=32, layers=1)
+    assert absorb.cache_bytes() == accounting.kv_cache_bytes(args, tokens, bits=32) / args.n_layers
+    assert absorb.cache_bytes() == tokens * cache_elements_per_layer(args) * 4
     assert naive.cache_bytes() == tokens * 4 * (16 + 8 + 12) * 4
+    assert naive.cache_bytes() == tokens * cache_elements_per_layer(args, "naive") * 4
     assert naive.cache_bytes() / absorb.cache_bytes() == 4 * (16 + 8 + 12) / (32 + 8)
     assert MLA(args, 3, "naive", cache_layout="bthd").cache_bytes() == naive.cache_bytes()
 
 
-def test_kv_cache_arithmetic_v2_vs_67b():
-    v2 = ModelArgs(n_layers=60, kv_lora_rank=512, qk_rope_head_dim=64)
-    llm67b = ModelArgs(attn="gqa", dim=8192, n_heads=64, n_kv_heads=8, n_layers=95, n_routed_experts=0,
-                       inter_dim=22016)
-    assert kv_elements_per_token(v2) * 60 == 34_560
-    assert kv_elements_per_token(llm67b) * 95 == 194_560
-    assert kv_cache_bytes(v2) == 69_120 and kv_cache_bytes(v2, bits=6) == 25_920
-    assert 1 - kv_cache_bytes(v2, bits=6) / kv_cache_bytes(llm67b) == pytest.approx(0.9334, abs=1e-4)
+def test_cache_elements_per_layer():
     v3 = ModelArgs(**V3)
-    assert kv_elements_per_token(v3) / kv_elements_per_token(v3, "naive") == pytest.approx(576 / (128 * 320))
+    assert cache_elements_per_layer(v3) == 576 == accounting.kv_elements_per_token(v3) / 61
+    assert cache_elements_per_layer(v3, "naive") == 128 * (128 + 64 + 128) == 40_960
+    # naive MLA caches more than MHA with the same heads: every head also stores the RoPE key
+    mha = ModelArgs(attn="mha", dim=7168, n_heads=128, head_dim=128, n_layers=61, n_routed_experts=0)
+    assert cache_elements_per_layer(v3, "naive") > accounting.kv_elements_per_token(mha) / 61 == 32_768
+    with pytest.raises(ValueError, match="attn"):
+        cache_elements_per_layer(mha)
 
 
 def test_bad_input():
@@ -157,7 +198,7 @@ def test_bad_input():
         MLA(small(), 1, "flash")
     with pytest.raises(ValueError, match="cache_layout"):
         MLA(small(), 1, "naive", cache_layout="tbhd")
-    mla = MLA(small(), 2)
+    mla = MLA(small(), 2).eval()
     with pytest.raises(ValueError, match="max_seq_len"):
         mla(torch.randn(1, 2, 64), start_pos=23)
     with pytest.raises(ValueError, match="max_batch_size"):
@@ -167,4 +208,17 @@ def test_bad_input():
     with pytest.raises(ValueError, match="x must be"):
         mla(torch.randn(2, 64))
     with pytest.raises(ValueError, match="attn_impl"):
-        kv_elements_per_token(small(), "flash")
+        cache_elements_per_layer(small(), "flash")
+
+
+def test_benchmark_smoke():
+    """dslab.bench.mla at toy sizes: the paths agree, cache ratios follow the formula, the thread count is restored."""
+    from dslab.bench import mla as bench
+
+    threads = torch.get_num_threads()
+    m = bench.measure(4, 64, rounds=1, official=True, threads=1)
+    assert m["max_abs_diff"] < 1e-5 and torch.get_num_threads() == threads
+    assert m["cache_ratio"] == m["cache_ratio_formula"] == 4 * (64 + 32 + 64) / (256 + 32)
+    assert set(m["ms"]) == {"absorb", "naive", "naive_official"} and m["speedup_vs_official"] > 0
+    p = bench.measure_prefill(2, 32, rounds=1, threads=1)
+    assert p["speedup"] > 0 and set(p["ms"]) == {"absorb", "naive"}
