@@ -1,0 +1,533 @@
+"""DeepSeekMoE: shared plus fine-grained routed SwiGLU experts, V3 routing and auxiliary-loss-free load balancing.
+
+Equation numbers are those of the DeepSeek-V3 report (arXiv 2412.19437, §2.1.2):
+
+    h'_t = u_t + Σ_{i≤N_s} FFN^(s)_i(u_t) + Σ_{i≤N_r} g_{i,t} FFN^(r)_i(u_t)          (12)
+    g_{i,t} = g'_{i,t} / Σ_j g'_{j,t}                                                 (13)
+    g'_{i,t} = s_{i,t} if s_{i,t} + b_i ∈ Topk({s_{j,t} + b_j}, K_r) else 0            (16; 14 is the bias-free form)
+    s_{i,t} = Sigmoid(u_t^T e_i)                                                      (15)
+    L_Bal = α Σ_i f_i P_i                                                             (17–20)
+
+Names follow DeepSeek-V3's ``inference/model.py`` (``Gate``, ``MoE``, ``w1``/``w2``/``w3``, ``topk``, ``n_groups``,
+``topk_groups``, ``route_scale``). Routing follows that code's ``Gate.forward``: affinities in fp32, the bias only
+changes *which* experts are picked, groups that are not kept are masked with −inf (not 0: biased scores can be
+negative), and the weights come from the unbiased scores, renormalised for sigmoid (not softmax), times route_scale.
+
+Two dispatch implementations compute the same routed sum: ``loop_dispatch`` (one masked gather per expert, the readable
+reference) and ``grouped_dispatch`` (tokens sorted by expert once, one grouped GEMM per projection, a hand-written
+backward). Both keep every token: V3 drops none.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dslab.configs import ModelArgs
+from dslab.nn import MLP
+
+SCORE_FUNCS = ("sigmoid", "softmax")
+DISPATCHES = ("grouped", "loop")
+BALANCE_LOSSES = (None, "sequence", "expert")
+SEQUENCE_ALPHA = 1e-4  # V3 §4.2: "just to avoid extreme imbalance within any single sequence"
+EXPERT_ALPHA = 0.003  # V2 §3.1.2, α1 of the expert-level auxiliary loss
+BIAS_GAMMA = 0.001  # V3 §4.2 bias update speed (0.0 for the last 500B tokens)
+# On the CPU the grouped path works through blocks of experts whose gathered rows stay under this many bytes: each
+# block's tensors are then recycled by malloc instead of being page-faulted in afresh (glibc maps anything over 32 MiB
+# directly), and they stay near the 32 MiB L3 of a typical core complex. Measured ~1.3x faster than one block.
+CPU_BLOCK_BYTES = 16 * 2**20
+
+
+# --------------------------------------------------------------------------------------------------------- checks
+def _int_in(name: str, value, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _finite(name: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite; got NaN or inf (check the router input)")
+
+
+def _tensor(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _check_indices(indices: torch.Tensor, n_experts: int) -> None:
+    _tensor("indices", indices)
+    if indices.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"indices must be an int32/int64 tensor, got {indices.dtype}")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_experts):
+        raise ValueError(f"indices must lie in [0, {n_experts}), got [{int(indices.min())}, {int(indices.max())}]")
+
+
+def _check_route(scores, bias, top_k, n_groups, topk_groups, score_func, route_scale) -> None:
+    _tensor("scores_or_logits", scores)
+    if scores.dim() < 1 or not scores.is_floating_point():
+        raise ValueError(f"scores_or_logits must be a float tensor [..., n_experts], got {scores.dtype} "
+                         f"{tuple(scores.shape)}")
+    n = scores.shape[-1]
+    _choice("score_func", score_func, SCORE_FUNCS)
+    _int_in("top_k", top_k, 1, n)
+    _int_in("n_groups", n_groups, 1, n)
+    if n % n_groups:
+        raise ValueError(f"n_groups must divide the number of experts {n}, got {n_groups}")
+    _int_in("topk_groups", topk_groups, 1, n_groups)
+    kept = topk_groups * (n // n_groups)
+    if top_k > kept:
+        raise ValueError(f"top_k must be <= topk_groups * experts per group = {kept}, got {top_k}")
+    if isinstance(route_scale, bool) or not isinstance(route_scale, (int, float)) or not 0 < route_scale < math.inf:
+        raise ValueError(f"route_scale must be a finite number > 0, got {route_scale!r}")
+    _finite("scores_or_logits", scores)
+    if bias is not None:
+        if _tensor("bias", bias).shape != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+        _finite("bias", bias)
+
+
+# -------------------------------------------------------------------------------------------------------- routing
+def affinities(logits: torch.Tensor, score_func: str) -> torch.Tensor:
+    """Affinities s_{i,t} in fp32: sigmoid (V3 eq. 15) or softmax over experts (V2). logits [..., E] -> [..., E]."""
+    _choice("score_func", score_func, SCORE_FUNCS)
+    logits = logits.float()
+    return logits.sigmoid() if score_func == "sigmoid" else logits.softmax(dim=-1)
+
+
+def _limit_groups(biased: torch.Tensor, n_groups: int, topk_groups: int, has_bias: bool) -> torch.Tensor:
+    """Keep the ``topk_groups`` best of ``n_groups`` expert groups; mask the rest with −inf. [..., E] -> [..., E].
+
+    Group score = sum of its top-2 biased scores when a bias exists (V3 node-limited routing, K_r/M = 8/4 = 2), else
+    its max (V2). −inf, not 0: biased sigmoid scores can be negative, and 0 would then outrank every kept expert.
+    """
+    grouped = biased.unflatten(-1, (n_groups, -1))  # [..., G, E/G]
+    if has_bias:
+        group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(-1)
+    else:
+        group_scores = grouped.amax(dim=-1)
+    keep = group_scores.topk(topk_groups, dim=-1).indices  # [..., topk_groups]
+    dropped = torch.ones_like(group_scores, dtype=torch.bool).scatter_(-1, keep, False)
+    return grouped.masked_fill(dropped.unsqueeze(-1), float("-inf")).flatten(-2)
+
+
+def route(scores_or_logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, n_groups: int = 1,
+          topk_groups: int = 1, score_func: str = "sigmoid", route_scale: float = 1.0, *,
+          from_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick ``top_k`` experts per token and their gating weights, as DeepSeek-V3's ``Gate.forward``.
+
+    scores_or_logits: [..., E] router logits u_t^T e_i (``from_logits=True``) or affinities s_{i,t} already passed
+    through ``score_func`` (``from_logits=False``). bias: [E] or None (the aux-loss-free b_i).
+    Returns weights [..., top_k] (fp32; from the *unbiased* affinities, V3 eq. 16; renormalised over the chosen
+    experts for sigmoid, eq. 13, not for softmax; times route_scale) and indices [..., top_k] (int64, the experts
+    chosen by s + b).
+    Raises ValueError naming the parameter for bad sizes, group settings or non-finite inputs.
+    """
+    _check_route(scores_or_logits, bias, top_k, n_groups, topk_groups, score_func, route_scale)
+    s = affinities(scores_or_logits, score_func) if from_logits else scores_or_logits.float()
+    biased = s if bias is None else s + bias.float()  # the bias only steers selection
+    if n_groups > 1:
+        biased = _limit_groups(biased, n_groups, topk_groups, bias is not None)
+    indices = biased.topk(top_k, dim=-1).indices
+    weights = s.gather(-1, indices)  # unbiased s_{i,t} (eq. 16)
+    if score_func == "sigmoid":
+        weights = weights / weights.sum(-1, keepdim=True)  # eq. 13; softmax weights are used as they are (V2)
+    return weights * route_scale, indices
+
+
+# ----------------------------------------------------------------------------------------- load and its balancing
+def expert_load(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Tokens routed to each expert: indices [..., k] -> load [n_experts] (int64)."""
+    _int_in("n_experts", n_experts, 1, 2**31)
+    _check_indices(indices, n_experts)
+    return torch.bincount(indices.flatten(), minlength=n_experts)
+
+
+def max_vio(load: torch.Tensor) -> float:
+    """Maximal violation MaxVio = (max_i load_i − mean load) / mean load (0 = perfect balance). load: [E]."""
+    if _tensor("load", load).dim() != 1 or load.numel() == 0:
+        raise ValueError(f"load must be a non-empty 1-D tensor [n_experts], got shape {tuple(load.shape)}")
+    load = load.double()
+    mean = float(load.mean())
+    if not mean > 0:
+        raise ValueError(f"load must route at least one token (mean load {mean}); MaxVio is undefined")
+    return (float(load.max()) - mean) / mean
+
+
+def bias_update(bias: torch.Tensor, load: torch.Tensor, gamma: float = BIAS_GAMMA) -> torch.Tensor:
+    """One aux-loss-free step (V3 §2.1.2): b_i + γ·sign(mean load − load_i), in fp32. bias, load: [E] -> [E].
+
+    Overloaded experts go down, underloaded ones up; an expert exactly at the mean keeps its bias (sign(0) = 0).
+    Pure: returns a new tensor and never touches autograd (the bias is not trained by gradients).
+    """
+    if _tensor("bias", bias).dim() != 1 or _tensor("load", load).shape != bias.shape:
+        raise ValueError(f"bias and load must both be [n_experts], got {tuple(bias.shape)} and {tuple(load.shape)}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < math.inf:
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    load = load.detach().float()
+    return bias.detach().float() + gamma * torch.sign(load.mean() - load)
+
+
+def sequence_balance_loss(scores: torch.Tensor, indices: torch.Tensor, alpha: float = SEQUENCE_ALPHA) -> torch.Tensor:
+    """Complementary sequence-wise balance loss α Σ_i f_i P_i (V3 eqs. 17–20), averaged over sequences.
+
+    scores: [..., T, E] affinities s_{i,t} of each sequence's T tokens; indices: [..., T, K] the experts actually
+    selected, i.e. chosen with the bias (eq. 18 writes the bias-free Topk; we count what was dispatched).
+    f_i = N_r/(K_r T) · #tokens choosing i (eq. 18, no gradient); P_i = mean_t of s normalised over all N_r experts
+    (eqs. 19–20: sigmoids do not sum to 1). Perfect balance gives exactly α. Returns a scalar.
+    """
+    if _tensor("scores", scores).dim() < 2 or _tensor("indices", indices).shape[:-1] != scores.shape[:-1]:
+        raise ValueError(f"scores [..., T, E] and indices [..., T, K] must share leading dims, got "
+                         f"{tuple(scores.shape)} and {tuple(indices.shape)}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < math.inf:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    n_experts, (seq_len, top_k) = scores.shape[-1], indices.shape[-2:]
+    _check_indices(indices, n_experts)
+    _finite("scores", scores)
+    chosen = torch.zeros(*indices.shape[:-2], n_experts, device=scores.device)
+    chosen.scatter_add_(-1, indices.flatten(-2), torch.ones(indices.flatten(-2).shape, device=scores.device))
+    f = chosen * n_experts / (top_k * seq_len)  # eq. 18
+    p = (scores / scores.sum(-1, keepdim=True)).float().mean(-2)  # eqs. 19-20
+    return alpha * (f * p).sum(-1).mean()  # eq. 17
+
+
+def expert_balance_loss(scores: torch.Tensor, indices: torch.Tensor, alpha: float = EXPERT_ALPHA) -> torch.Tensor:
+    """V2's expert-level auxiliary loss α1 Σ_i f_i P_i over all tokens of the batch (V2 §2.2.3), for comparison.
+
+    scores: [..., E] affinities (softmax in V2; normalised over experts here, a no-op for softmax); indices: [..., K].
+    The same f·P as ``sequence_balance_loss`` with T = every token in the batch. Returns a scalar.
+    """
+    _tensor("scores", scores)
+    _tensor("indices", indices)
+    return sequence_balance_loss(scores.reshape(-1, scores.shape[-1]), indices.reshape(-1, indices.shape[-1]), alpha)
+
+
+class LoadStats:
+    """Tokens per expert for the last batch and accumulated since ``reset()``, with their MaxVio.
+
+    ``update(load)`` after each step (load [E], e.g. ``moe.last_load``); ``history`` keeps each batch's MaxVio.
+    """
+
+    def __init__(self, n_experts: int):
+        self.n_experts = _int_in("n_experts", n_experts, 1, 2**31)
+        self.reset()
+
+    def reset(self) -> None:
+        self.batch_load = torch.zeros(self.n_experts, dtype=torch.long)
+        self.total_load = torch.zeros(self.n_experts, dtype=torch.long)
+        self.history: list[float] = []
+
+    def update(self, load: torch.Tensor) -> float:
+        """Record one batch's load [E]; return its MaxVio."""
+        if _tensor("load", load).shape != (self.n_experts,):
+            raise ValueError(f"load must have shape ({self.n_experts},), got {tuple(load.shape)}")
+        self.batch_load = load.detach().cpu().long()
+        self.total_load = self.total_load + self.batch_load
+        self.history.append(max_vio(self.batch_load))
+        return self.history[-1]
+
+    @property
+    def batch_max_vio(self) -> float:
+        return max_vio(self.batch_load)
+
+    @property
+    def max_vio(self) -> float:
+        """MaxVio of the load accumulated since reset (V3 Fig. 9 reports it per batch and over a whole set)."""
+        return max_vio(self.total_load)
+
+
+# ------------------------------------------------------------------------------------------------------- dispatch
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The experts' matmul dtype: autocast's when it is on (it does not reach into custom Functions), else x's."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def _swiglu(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
+    """One expert ``w2(silu(w1 x) * w3 x)``: x [n, dim], w1/w3 [inter, dim], w2 [dim, inter] -> [n, dim]."""
+    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
+
+
+def loop_dispatch(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, w1: torch.Tensor,
+                  w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
+    """Routed part of eq. 12 one expert at a time (the reference): Σ_k weights[t,k] · FFN_{indices[t,k]}(x_t).
+
+    x [T, dim]; weights, indices [T, k]; w1, w3 [E, inter, dim]; w2 [E, dim, inter]. Returns [T, dim].
+    """
+    dtype = _compute_dtype(x)
+    y = torch.zeros(x.shape, dtype=dtype, device=x.device)  # index_add_ needs the experts' output dtype
+    weights = weights.to(dtype)
+    for e in range(w1.shape[0]):
+        token, slot = torch.where(indices == e)
+        if token.numel():
+            y.index_add_(0, token, _swiglu(x[token], w1[e], w2[e], w3[e]) * weights[token, slot, None])
+    return y
+
+
+def _torch_grouped_mm_ok(*tensors: torch.Tensor) -> bool:
+    """Whether ``torch._grouped_mm`` takes these operands: CPU, fp32/bf16, 16-byte-aligned strides and pointers."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.bfloat16) or t.data_ptr() % 16:
+            return False
+        if any(st % 16 for st in (s * size for s, n in zip(t.stride(), t.shape) if s != 1 and n > 1)):
+            return False
+    return True
+
+
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """One ragged GEMM over G groups; ``offs`` [G] int32 holds each group's end along the ragged dim M.
+
+    a [M, K] rows sorted by group, b [G, K, N] -> [M, N] (rows of group g times b[g]), or, for weight gradients,
+    a [K, M], b [M, N] -> [G, K, N] (group g sums over its own M slice). Uses ``torch._grouped_mm`` where it
+    accepts the operands (CPU here), else a loop over the contiguous slices; both give the same numbers.
+    """
+    out_n = b.shape[-1]
+    if out_n * b.element_size() % 16 == 0 and _torch_grouped_mm_ok(a, b):
+        return torch._grouped_mm(a, b, offs=offs)
+    ends = offs.tolist()
+    starts = [0] + ends[:-1]
+    if b.dim() == 3:
+        return torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(zip(starts, ends))])
+    return torch.stack([a[:, s:e] @ b[s:e] for s, e in zip(starts, ends)])
+
+
+def _expert_blocks(counts: list[int], max_rows: int | None) -> list[tuple[int, int, int, int]]:
+    """Split experts into consecutive ranges of at most ``max_rows`` sorted rows (None: one block).
+
+    Returns (first expert, end expert, first row, end row) per block; an expert bigger than max_rows gets its own.
+    """
+    blocks, e0, r0, rows = [], 0, 0, 0
+    for e, c in enumerate(counts):
+        if max_rows is not None and rows and rows + c > max_rows:
+            blocks.append((e0, e, r0, r0 + rows))
+            e0, r0, rows = e, r0 + rows, 0
+        rows += c
+    blocks.append((e0, len(counts), r0, r0 + rows))
+    return blocks
+
+
+class _GroupedSwiGLU(torch.autograd.Function):
+    """Sorted-row SwiGLU experts with a hand-written backward that reuses nothing bigger than one block.
+
+    forward(x [T, dim], weight [R], token [R], counts [E], w1 [E, inter, dim], w2 [E, dim, inter], w3, max_rows)
+    -> y [T, dim] with y[token[r]] += weight[r] · FFN_e(x[token[r]]) for the R = T·k rows sorted by expert e.
+    Saves only the two up-projections (a = w1 x, b = w3 x) per block; silu is recomputed in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, token, counts, w1, w2, w3, max_rows):
+        blocks = _expert_blocks(counts.tolist(), max_rows)
+        offs = counts.cumsum(0).to(torch.int32)
+        y, saved = torch.zeros_like(x), []
+        for e0, e1, r0, r1 in blocks:
+            o, rows = offs[e0:e1] - r0, token[r0:r1]
+            xs = x.index_select(0, rows)  # the one gather of this block's tokens
+            a, b = grouped_mm(xs, w1[e0:e1].transpose(1, 2), o), grouped_mm(xs, w3[e0:e1].transpose(1, 2), o)
+            h = F.silu(a).mul_(b).mul_(weight[r0:r1, None])  # gate weight on the narrow hidden, not on [R, dim]
+            y.index_add_(0, rows, grouped_mm(h, w2[e0:e1].transpose(1, 2), o))
+            saved += [a, b]
+        ctx.blocks = blocks
+        ctx.save_for_backward(x, weight, token, offs, w1, w2, w3, *saved)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, token, offs, w1, w2, w3, *saved = ctx.saved_tensors
+        gx, gweight = torch.zeros_like(x), torch.empty_like(weight)
+        gw1, gw2, gw3 = torch.empty_like(w1), torch.empty_like(w2), torch.empty_like(w3)
+        for i, (e0, e1, r0, r1) in enumerate(ctx.blocks):
+            o, rows, a, b = offs[e0:e1] - r0, token[r0:r1], saved[2 * i], saved[2 * i + 1]
+            xs, gys, wt = x.index_select(0, rows), gy.index_select(0, rows), weight[r0:r1, None]
+            s = F.silu(a)
+            act = s * b
+            gw2[e0:e1] = grouped_mm(gys.t(), act * wt, o)  # dW2_e = Σ_rows gy ⊗ h
+            gh = grouped_mm(gys, w2[e0:e1], o)  # [rows, inter]
+            gweight[r0:r1] = torch.einsum("ri,ri->r", gh, act)  # d y / d weight = FFN_e(x) · gy
+            gact = gh.mul_(wt)
+            gb, ga = gact * s, torch.ops.aten.silu_backward(gact.mul_(b), a)
+            gw1[e0:e1], gw3[e0:e1] = grouped_mm(ga.t(), xs, o), grouped_mm(gb.t(), xs, o)
+            gx.index_add_(0, rows, grouped_mm(ga, w1[e0:e1], o).add_(grouped_mm(gb, w3[e0:e1], o)))
+        return gx, gweight, None, None, gw1, gw2, gw3, None
+
+
+def grouped_dispatch(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, w1: torch.Tensor,
+                     w2: torch.Tensor, w3: torch.Tensor, *, max_rows: int | None = None) -> torch.Tensor:
+    """Routed part of eq. 12 by sorting the T·k (token, expert) pairs by expert: one gather, grouped GEMMs, one add.
+
+    x [T, dim]; weights, indices [T, k]; w1, w3 [E, inter, dim]; w2 [E, dim, inter]. Returns [T, dim], equal to
+    ``loop_dispatch``. max_rows: rows per block of experts (None: ``CPU_BLOCK_BYTES`` on the CPU, one block elsewhere).
+    """
+    n_experts, top_k = w1.shape[0], indices.shape[-1]
+    order = indices.flatten().argsort(stable=True)  # stable: each expert sees its tokens in order, as the loop does
+    counts = torch.bincount(indices.flatten(), minlength=n_experts)
+    if max_rows is None and x.device.type == "cpu":
+        max_rows = max(1, CPU_BLOCK_BYTES // (x.shape[-1] * x.element_size()))
+    dtype = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return _GroupedSwiGLU.apply(x.to(dtype), weights.flatten()[order].to(dtype), order // top_k, counts,
+                                    w1.to(dtype), w2.to(dtype), w3.to(dtype), max_rows)
+
+
+# -------------------------------------------------------------------------------------------------------- modules
+class Gate(nn.Module):
+    """The router: weight [n_routed_experts, dim] (e_i of eq. 15) and, when ``args.gate_bias``, the fp32 bias b_i.
+
+    forward(x [T, dim]) -> (weights [T, k] in x's dtype, indices [T, k]), as DeepSeek-V3's ``Gate``. The bias is a
+    buffer: gradients never reach it, ``MoE.update_bias`` moves it, and it stays fp32 under ``.to(bfloat16)``.
+    """
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dim, self.topk = args.dim, args.n_activated_experts
+        self.n_groups, self.topk_groups = args.n_expert_groups, args.n_limited_groups
+        self.score_func, self.route_scale = args.score_func, args.route_scale
+        self.weight = nn.Parameter(torch.empty(args.n_routed_experts, args.dim))
+        nn.init.uniform_(self.weight, -args.dim**-0.5, args.dim**-0.5)  # nn.Linear's default
+        bias = torch.zeros(args.n_routed_experts, dtype=torch.float32) if args.gate_bias else None
+        self.register_buffer("bias", bias)
+
+    def affinities(self, x: torch.Tensor) -> torch.Tensor:
+        """s_{i,t} for x [T, dim] -> [T, E] fp32. The gate runs in fp32 even under autocast (V3 §3.3.1)."""
+        if _tensor("x", x).dim() != 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be [tokens, {self.dim}], got shape {tuple(x.shape)}")
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.weight.float())
+        _finite("router logits", logits)
+        return affinities(logits, self.score_func)
+
+    def route(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights and indices [T, k] from affinities [T, E] with this gate's bias and settings (see ``route``)."""
+        return route(scores, self.bias, self.topk, self.n_groups, self.topk_groups, self.score_func,
+                     self.route_scale, from_logits=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights, indices = self.route(self.affinities(x))
+        return weights.type_as(x), indices
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, n_routed_experts={self.weight.shape[0]}, topk={self.topk}, n_groups={self.n_groups}, "
+                f"topk_groups={self.topk_groups}, score_func={self.score_func!r}, route_scale={self.route_scale}, "
+                f"bias={self.bias is not None}")
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) casts every float buffer; b_i must stay fp32 or γ = 1e-3 steps vanish in bf16.
+        bias = self._buffers.pop("bias")
+        super()._apply(fn, recurse)
+        self._buffers["bias"] = None if bias is None else bias.to(self.weight.device)
+        return self
+
+
+class Experts(nn.Module):
+    """The N_r routed SwiGLU experts, stored stacked: w1, w3 [E, inter, dim] and w2 [E, dim, inter].
+
+    Expert e computes ``w2[e](silu(w1[e] x) * w3[e] x)``, the same function as ``dslab.nn.MLP``.
+    forward(x [T, dim], weights [T, k], indices [T, k], dispatch) -> [T, dim].
+    """
+
+    def __init__(self, n_experts: int, dim: int, inter_dim: int):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(n_experts, inter_dim, dim))
+        self.w2 = nn.Parameter(torch.empty(n_experts, dim, inter_dim))
+        self.w3 = nn.Parameter(torch.empty(n_experts, inter_dim, dim))
+        for w in (self.w1, self.w2, self.w3):  # nn.Linear's default U(±1/sqrt(fan_in)), per expert
+            nn.init.uniform_(w, -w.shape[-1] ** -0.5, w.shape[-1] ** -0.5)
+
+    def extra_repr(self) -> str:
+        n_experts, inter_dim, dim = self.w1.shape
+        return f"n_experts={n_experts}, dim={dim}, inter_dim={inter_dim}"
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                dispatch: str = "grouped") -> torch.Tensor:
+        _choice("dispatch", dispatch, DISPATCHES)
+        run = grouped_dispatch if dispatch == "grouped" else loop_dispatch
+        return run(x, weights, indices, self.w1, self.w2, self.w3)
+
+
+class MoE(nn.Module):
+    """DeepSeekMoE layer (V3 eq. 12): shared experts every token uses plus top-k of the fine-grained routed experts.
+
+    forward(x [..., dim]) -> [..., dim]. After each forward, ``last_load`` [E] holds tokens per expert; in training
+    mode the load also accumulates until ``update_bias(gamma)``, which a trainer calls after the optimizer step.
+    dispatch: "grouped" (default) or "loop" (the reference). balance_loss: None, "sequence" (V3 eqs. 17–20, the
+    sequence is x's second-to-last axis) or "expert" (V2); when set, forward stores the scalar in ``aux_loss``.
+    """
+
+    def __init__(self, args: ModelArgs, dispatch: str = "grouped", balance_loss: str | None = None,
+                 alpha: float | None = None):
+        super().__init__()
+        if not args.is_moe:
+            raise ValueError("MoE needs args.n_routed_experts > 0")
+        _choice("dispatch", dispatch, DISPATCHES)
+        _choice("balance_loss", balance_loss, BALANCE_LOSSES)
+        self.dim, self.n_routed_experts = args.dim, args.n_routed_experts
+        self.n_activated_experts = args.n_activated_experts
+        self.dispatch, self.balance_loss = dispatch, balance_loss
+        self.alpha = alpha if alpha is not None else (EXPERT_ALPHA if balance_loss == "expert" else SEQUENCE_ALPHA)
+        self.gate = Gate(args)
+        self.experts = Experts(args.n_routed_experts, args.dim, args.moe_inter_dim)
+        n_shared = args.n_shared_experts
+        self.shared_experts = MLP(args.dim, n_shared * args.moe_inter_dim) if n_shared else None
+        self.aux_loss: torch.Tensor | None = None
+        self.register_buffer("last_load", torch.zeros(args.n_routed_experts, dtype=torch.long), persistent=False)
+        self.register_buffer("step_load", torch.zeros(args.n_routed_experts, dtype=torch.long), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"dispatch={self.dispatch!r}, balance_loss={self.balance_loss!r}, alpha={self.alpha}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _tensor("x", x).dim() < 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be [..., tokens, {self.dim}], got shape {tuple(x.shape)}")
+        shape, x = x.shape, x.reshape(-1, self.dim)
+        scores = self.gate.affinities(x)  # [T, E]
+        weights, indices = self.gate.route(scores)
+        self._record_load(indices)
+        y = self.experts(x, weights.type_as(x), indices, self.dispatch)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        self.aux_loss = self._balance_loss(scores, indices, shape)
+        return y.view(shape)
+
+    def _record_load(self, indices: torch.Tensor) -> None:
+        self.last_load = expert_load(indices, self.n_routed_experts)
+        if self.training:  # only training batches steer the bias
+            self.step_load = self.step_load + self.last_load
+
+    def _balance_loss(self, scores: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+        if self.balance_loss is None:
+            return None
+        if self.balance_loss == "expert":
+            return expert_balance_loss(scores, indices, self.alpha)
+        lead = shape[:-1]  # [..., S]: each slice along the second-to-last axis of x is one sequence
+        return sequence_balance_loss(scores.view(*lead, -1), indices.view(*lead, -1), self.alpha)
+
+    @torch.no_grad()
+    def update_bias(self, gamma: float = BIAS_GAMMA) -> None:
+        """b_i += γ·sign(mean − load_i) over the load of all training forwards since the last update (V3 §2.1.2).
+
+        Does nothing in eval mode. Raises ValueError when the gate has no bias (``args.gate_bias`` is False).
+        """
+        if self.gate.bias is None:
+            raise ValueError("this MoE's gate has no bias: build it with ModelArgs(gate_bias=True)")
+        if not self.training:
+            return
+        self.gate.bias.copy_(bias_update(self.gate.bias, self.step_load, gamma))
+        self.step_load.zero_()
+
+
+__all__ = [
+    "BIAS_GAMMA", "DISPATCHES", "EXPERT_ALPHA", "SCORE_FUNCS", "SEQUENCE_ALPHA", "Experts", "Gate", "LoadStats", "MoE",
+    "affinities", "bias_update", "expert_balance_loss", "expert_load", "grouped_dispatch", "grouped_mm",
+    "loop_dispatch", "max_vio", "route", "sequence_balance_loss",
+]
