@@ -120,7 +120,7 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, c
         opt.step()
         row = {"step": step, "lr": lr_at(step, cfg), "loss": loss.item()}
         if extra is not None:
-            row["extra_loss"] = float(extra)
+            row["extra_loss"] = extra.item()
         row.update((after_step(model, step) or {}) if after_step else {})
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row["val_loss"] = evaluate(model, val_ids, cfg)

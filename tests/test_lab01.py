@@ -1,0 +1,187 @@
+"""Lab 01 (MoE): exercise references pass their cases, hidden cases are valid, vary and cover the tricky corners
+(group-limited routing with negative biased scores, ties in the bias update), wrong answers fail, the balancing
+widget reacts to its controls, and the solution builds into a lab with one stub per exercise."""
+
+import random
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from dslab import moe
+from dslab.course import codec
+from dslab.course.build import build_lab
+from dslab.course.check import run_cases
+from dslab.course.labs import lab01_moe
+
+EXERCISES = {ex.id: ex for ex in lab01_moe.EXERCISES}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hidden_verdict(ex, answer, seed: int = 0) -> list:
+    """The grader's comparison on hidden cases drawn with ``seed``: one message (None = passed) per case."""
+    return [ex.compare(ex.reference(*c.args), answer(*c.args)) for c in ex.hidden_cases(random.Random(seed))]
+
+
+@pytest.mark.parametrize("ex_id", list(EXERCISES))
+def test_reference_passes_public_and_hidden_cases(ex_id):
+    ex = EXERCISES[ex_id]
+    assert run_cases(ex, ex.reference, ex.public_cases())[0] == "passed"
+    for seed in range(3):
+        assert hidden_verdict(ex, ex.reference, seed) == [None] * len(ex.hidden_cases(random.Random(seed)))
+
+
+@pytest.mark.parametrize("ex_id", list(EXERCISES))
+def test_hidden_cases_are_plain_data_and_vary_with_the_rng(ex_id):
+    ex = EXERCISES[ex_id]
+    a, b = ex.hidden_cases(random.Random(1)), ex.hidden_cases(random.Random(2))
+    assert len(a) >= 5 and len({c.label for c in a}) == len(a)
+    for case in a:  # what crosses to the learner's kernel must survive the grader's codec
+        decoded = codec.loads(codec.dumps(case.args))
+        assert ex.compare(ex.reference(*case.args), ex.reference(*decoded)) is None
+    assert codec.dumps([c.args for c in a]) != codec.dumps([c.args for c in b])
+    assert codec.dumps([c.args for c in a]) == codec.dumps([c.args for c in ex.hidden_cases(random.Random(1))])
+
+
+def test_exercise_registry():
+    assert lab01_moe.NOTEBOOK == "01_moe"
+    assert [(e.id, e.target, e.points) for e in lab01_moe.EXERCISES] == [
+        ("01.route", "route", 2), ("01.bias_update", "bias_update", 2), ("01.max_vio", "max_vio", 2)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_route_hidden_cases_cover_the_corners(seed):
+    cases = EXERCISES["01.route"].hidden_cases(random.Random(seed))
+    kinds = {(c.args[5], c.args[1] is not None, c.args[3] > 1) for c in cases}
+    assert {("sigmoid", True, True), ("softmax", False, True)} <= kinds
+    assert any(c.args[1] is not None and c.args[3] > 1 and bool((c.args[1] < -1).all()) for c in cases)
+    assert any(c.args[6] != 1.0 for c in cases)
+    assert {c.args[5] for c in cases} == {"sigmoid", "softmax"}
+
+
+def test_bias_hidden_cases_have_ties_with_the_mean():
+    cases = EXERCISES["01.bias_update"].hidden_cases(random.Random(0))
+    assert any(bool((c.args[1].float() == c.args[1].float().mean()).any()) for c in cases)
+
+
+# ------------------------------------------------------------------------------------------- wrong answers fail
+def _zero_masking(scores, bias, top_k, n_groups=1, topk_groups=1, score_func="sigmoid", route_scale=1.0):
+    """HF's old bug: dropped groups masked with 0 instead of -inf."""
+    s = moe.affinities(scores, score_func)
+    biased = s if bias is None else s + bias
+    if n_groups > 1:
+        g = biased.unflatten(-1, (n_groups, -1))
+        gs = g.topk(2, -1).values.sum(-1) if bias is not None else g.amax(-1)
+        drop = torch.ones_like(gs, dtype=torch.bool).scatter(-1, gs.topk(topk_groups, -1).indices, False)
+        biased = g.masked_fill(drop.unsqueeze(-1), 0.0).flatten(-2)
+    idx = biased.topk(top_k, -1).indices
+    w = s.gather(-1, idx)
+    if score_func == "sigmoid":
+        w = w / w.sum(-1, keepdim=True)
+    return w * route_scale, idx
+
+
+def _bias_in_weights(scores, bias, top_k, n_groups=1, topk_groups=1, score_func="sigmoid", route_scale=1.0):
+    """Weights taken from the biased scores."""
+    w, idx = moe.route(scores, bias, top_k, n_groups, topk_groups, score_func, route_scale)
+    if bias is None:
+        return w, idx
+    s = moe.affinities(scores, score_func) + bias
+    w = s.gather(-1, idx)
+    if score_func == "sigmoid":
+        w = w / w.sum(-1, keepdim=True)
+    return w * route_scale, idx
+
+
+def _no_scale(scores, bias, top_k, n_groups=1, topk_groups=1, score_func="sigmoid", route_scale=1.0):
+    return moe.route(scores, bias, top_k, n_groups, topk_groups, score_func, 1.0)
+
+
+def _reversed_order(*args):
+    """Right answer in another top-k order: must pass."""
+    w, idx = moe.route(*args)
+    return w.flip(-1), idx.flip(-1)
+
+
+def _sign_ignoring_ties(bias, load, gamma=0.001):
+    load = load.float()
+    return bias.float() + gamma * torch.where(load <= load.mean(), 1.0, -1.0)
+
+
+def _inverted_sign(bias, load, gamma=0.001):
+    load = load.float()
+    return bias.float() + gamma * torch.sign(load - load.mean())
+
+
+def _vio_over_max(load):
+    load = load.double()
+    return float((load.max() - load.mean()) / load.max())
+
+
+@pytest.mark.parametrize("ex_id, wrong", [
+    ("01.route", _zero_masking), ("01.route", _bias_in_weights), ("01.route", _no_scale),
+    ("01.bias_update", _sign_ignoring_ties), ("01.bias_update", _inverted_sign), ("01.max_vio", _vio_over_max)])
+def test_wrong_answers_fail_hidden_cases(ex_id, wrong):
+    ex = EXERCISES[ex_id]
+    for seed in range(3):
+        assert any(msg is not None for msg in hidden_verdict(ex, wrong, seed)), (wrong.__name__, seed)
+
+
+def test_zero_masking_fails_the_public_cases_too():
+    ex = EXERCISES["01.route"]
+    assert run_cases(ex, _zero_masking, ex.public_cases())[0] == "failed"
+    assert run_cases(ex, _bias_in_weights, ex.public_cases())[0] == "failed"
+
+
+def test_topk_order_does_not_matter():
+    ex = EXERCISES["01.route"]
+    assert run_cases(ex, _reversed_order, ex.public_cases())[0] == "passed"
+    assert hidden_verdict(ex, _reversed_order) == [None] * 7
+
+
+def test_max_vio_accepts_a_zero_dim_tensor():
+    ex = EXERCISES["01.max_vio"]
+    tensor_answer = lambda load: (load.double().max() / load.double().mean()) - 1  # noqa: E731
+    assert run_cases(ex, tensor_answer, ex.public_cases())[0] == "passed"
+
+
+def test_stub_is_not_attempted():
+    def stub(*args):
+        raise NotImplementedError("Exercise 1.1: ...")
+
+    for ex in EXERCISES.values():
+        assert run_cases(ex, stub, ex.public_cases())[0] == "not-attempted"
+
+
+# ------------------------------------------------------------------------------------------------------- widget
+def test_balance_explorer_defaults_are_deterministic():
+    from dslab.widgets.moe import balance_explorer
+
+    a, _ = balance_explorer()
+    b, _ = balance_explorer()
+    assert a == b
+    assert a["MaxVio, aux-loss-free (γ)"] < a["MaxVio, no balancing"]
+
+
+def test_balance_explorer_reacts_to_its_controls():
+    from dslab.widgets import Explorer
+    from dslab.widgets.moe import balance_controls, balance_explorer
+
+    explorer = Explorer(balance_explorer, balance_controls())
+    before = dict(explorer.numbers)
+    explorer.controls["alpha"].value = 10.0
+    assert explorer.numbers["router weight change from aux loss"] > before["router weight change from aux loss"]
+    assert explorer.numbers["MaxVio, aux loss (α)"] < before["MaxVio, aux loss (α)"]
+    explorer.controls["gamma"].value = 1e-4  # too slow to catch up within the run
+    assert explorer.numbers["MaxVio, aux-loss-free (γ)"] > before["MaxVio, aux-loss-free (γ)"]
+
+
+# ------------------------------------------------------------------------------------------------------- build
+def test_solution_builds_into_a_lab_with_one_stub_per_exercise():
+    path = ROOT / "solutions" / "01_moe.ipynb"
+    lab = build_lab(nbformat.read(path, as_version=4), "01_moe")
+    sources = "\n".join(c.source for c in lab.cells if c.cell_type == "code")
+    for ex in lab01_moe.EXERCISES:
+        assert f'NotImplementedError("Exercise {ex.number}:' in sources
+    assert "### BEGIN SOLUTION" not in sources
