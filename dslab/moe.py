@@ -501,7 +501,7 @@ class MoE(nn.Module):
 
     def _record_load(self, indices: torch.Tensor) -> None:
         self.last_load = expert_load(indices, self.n_routed_experts)
-        if self.training:  # only training batches steer the bias
+        if self.training and torch.is_grad_enabled():  # only training batches steer the bias, not evaluation
             self.step_load = self.step_load + self.last_load
 
     def _balance_loss(self, scores: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:

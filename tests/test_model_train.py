@@ -69,3 +69,12 @@ def test_training_lowers_the_loss_and_resumes_exactly(corpus, tmp_path):
     assert resumed[-1]["loss"] == pytest.approx(straight[-1]["loss"], rel=1e-4)
     with pytest.raises(ValueError, match="another TrainConfig"):
         train_lm(Transformer(args), train_ids, val_ids, replace(cfg, lr=1e-4))
+
+
+def test_evaluation_does_not_steer_the_moe_bias(corpus):
+    tok, train_ids, val_ids = corpus
+    from dslab.train import evaluate
+
+    model = Transformer(load("tiny-moe").replace(vocab_size=tok.vocab_size))
+    evaluate(model, val_ids, TrainConfig(batch_size=4, block_size=16, eval_batches=2))
+    assert all(int(m.step_load.sum()) == 0 for m in model.moe_layers())
