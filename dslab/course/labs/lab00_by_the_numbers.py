@@ -61,7 +61,7 @@ EXERCISES = [
                               Case((load("deepseek-v2-236b"), 6), "deepseek-v2-236b, 6 bits")],
         hidden_cases=lambda rng: [
             Case((_random_mla(rng) if kind == "mla" else _random_classic(rng, kind), rng.choice([4, 6, 8, 16, 32])),
-                 f"random {kind.upper()}") for kind in ("mha", "gqa", "mqa", "mla", "gqa", "mla")],
+                 f"random {kind.upper()} #{i}") for i, kind in enumerate(("mha", "gqa", "mqa", "mla", "gqa", "mla"))],
         compare=lambda e, g: compare_close(e, g, rtol=1e-9, atol=1e-6),
         hint="classic attention caches a key and a value per KV head; MLA caches the latent plus one shared RoPE key",
     ),
