@@ -35,30 +35,30 @@ BALANCE_LOSSES = (None, "sequence", "expert")
 SEQUENCE_ALPHA = 1e-4  # V3 §4.2: "just to avoid extreme imbalance within any single sequence"
 EXPERT_ALPHA = 0.003  # V2 §3.1.2, α1 of the expert-level auxiliary loss
 BIAS_GAMMA = 0.001  # V3 §4.2 bias update speed (0.0 for the last 500B tokens)
-# On the CPU the grouped path works through blocks of experts whose gathered rows stay under this many bytes: each
-# block's tensors are then recycled by malloc instead of being page-faulted in afresh (glibc maps anything over 32 MiB
-# directly), and they stay near the 32 MiB L3 of a typical core complex. Measured ~1.3x faster than one block.
+# On the CPU the grouped path works through blocks of experts whose gathered rows stay under this many bytes, so each
+# block's temporaries stay in the last-level cache and are recycled by malloc (glibc mmaps, and page-faults afresh,
+# every block over 32 MiB). At the benchmark's size one block of all rows is ~1.25x slower.
 CPU_BLOCK_BYTES = 16 * 2**20
 
 
 # --------------------------------------------------------------------------------------------------------- checks
-def _int_in(name: str, value, lo: int, hi: int) -> int:
+def _int_in(name: str, value: object, lo: int, hi: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
     return value
 
 
-def _choice(name: str, value, allowed: tuple) -> None:
+def _choice(name: str, value: object, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def _finite(name: str, t: torch.Tensor) -> None:
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite; got NaN or inf (check the router input)")
+        raise ValueError(f"{name} must be finite, got NaN or inf")
 
 
-def _tensor(name: str, t) -> torch.Tensor:
+def _tensor(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     return t
@@ -72,7 +72,8 @@ def _check_indices(indices: torch.Tensor, n_experts: int) -> None:
         raise ValueError(f"indices must lie in [0, {n_experts}), got [{int(indices.min())}, {int(indices.max())}]")
 
 
-def _check_route(scores, bias, top_k, n_groups, topk_groups, score_func, route_scale) -> None:
+def _check_route(scores: torch.Tensor, bias: torch.Tensor | None, top_k: int, n_groups: int, topk_groups: int,
+                 score_func: str, route_scale: float) -> None:
     _tensor("scores_or_logits", scores)
     if scores.dim() < 1 or not scores.is_floating_point():
         raise ValueError(f"scores_or_logits must be a float tensor [..., n_experts], got {scores.dtype} "
@@ -196,7 +197,8 @@ def sequence_balance_loss(scores: torch.Tensor, indices: torch.Tensor, alpha: fl
     chosen = torch.zeros(*indices.shape[:-2], n_experts, device=scores.device)
     chosen.scatter_add_(-1, indices.flatten(-2), torch.ones(indices.flatten(-2).shape, device=scores.device))
     f = chosen * n_experts / (top_k * seq_len)  # eq. 18
-    p = (scores / scores.sum(-1, keepdim=True)).float().mean(-2)  # eqs. 19-20
+    s = scores.float()
+    p = (s / s.sum(-1, keepdim=True)).mean(-2)  # eqs. 19-20
     return alpha * (f * p).sum(-1).mean()  # eq. 17
 
 
@@ -278,10 +280,9 @@ def _torch_grouped_mm_ok(*tensors: torch.Tensor) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
     for t in tensors:
-        size = t.element_size()
         if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.bfloat16) or t.data_ptr() % 16:
             return False
-        if any(st % 16 for st in (s * size for s, n in zip(t.stride(), t.shape) if s != 1 and n > 1)):
+        if any(stride * t.element_size() % 16 for stride, n in zip(t.stride(), t.shape) if stride != 1 and n > 1):
             return False
     return True
 
@@ -290,8 +291,9 @@ def grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Te
     """One ragged GEMM over G groups; ``offs`` [G] int32 holds each group's end along the ragged dim M.
 
     a [M, K] rows sorted by group, b [G, K, N] -> [M, N] (rows of group g times b[g]), or, for weight gradients,
-    a [K, M], b [M, N] -> [G, K, N] (group g sums over its own M slice). Uses ``torch._grouped_mm`` where it
-    accepts the operands (CPU here), else a loop over the contiguous slices; both give the same numbers.
+    a [K, M], b [M, N] -> [G, K, N] (group g sums over its own M slice). Uses ``torch._grouped_mm`` where it takes
+    the operands (checked on the CPU only; GPU support depends on the architecture), else a loop over the
+    contiguous slices; both give the same numbers.
     """
     out_n = b.shape[-1]
     if out_n * b.element_size() % 16 == 0 and _torch_grouped_mm_ok(a, b):
@@ -319,11 +321,12 @@ def _expert_blocks(counts: list[int], max_rows: int | None) -> list[tuple[int, i
 
 
 class _GroupedSwiGLU(torch.autograd.Function):
-    """Sorted-row SwiGLU experts with a hand-written backward that reuses nothing bigger than one block.
+    """Sorted-row SwiGLU experts with a hand-written backward, worked block by block (no temporary exceeds a block).
 
     forward(x [T, dim], weight [R], token [R], counts [E], w1 [E, inter, dim], w2 [E, dim, inter], w3, max_rows)
     -> y [T, dim] with y[token[r]] += weight[r] · FFN_e(x[token[r]]) for the R = T·k rows sorted by expert e.
-    Saves only the two up-projections (a = w1 x, b = w3 x) per block; silu is recomputed in backward.
+    Saves per block what autograd would (the gathered rows xs [rows, dim], a = w1 xs and b = w3 xs [rows, inter]);
+    silu is recomputed in backward.
     """
 
     @staticmethod
@@ -337,24 +340,24 @@ class _GroupedSwiGLU(torch.autograd.Function):
             a, b = grouped_mm(xs, w1[e0:e1].transpose(1, 2), o), grouped_mm(xs, w3[e0:e1].transpose(1, 2), o)
             h = F.silu(a).mul_(b).mul_(weight[r0:r1, None])  # gate weight on the narrow hidden, not on [R, dim]
             y.index_add_(0, rows, grouped_mm(h, w2[e0:e1].transpose(1, 2), o))
-            saved += [a, b]
+            saved += [xs, a, b]
         ctx.blocks = blocks
-        ctx.save_for_backward(x, weight, token, offs, w1, w2, w3, *saved)
+        ctx.save_for_backward(weight, token, offs, w1, w2, w3, *saved)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, token, offs, w1, w2, w3, *saved = ctx.saved_tensors
-        gx, gweight = torch.zeros_like(x), torch.empty_like(weight)
+        weight, token, offs, w1, w2, w3, *saved = ctx.saved_tensors
+        gx, gweight = gy.new_zeros(gy.shape), torch.empty_like(weight)
         gw1, gw2, gw3 = torch.empty_like(w1), torch.empty_like(w2), torch.empty_like(w3)
         for i, (e0, e1, r0, r1) in enumerate(ctx.blocks):
-            o, rows, a, b = offs[e0:e1] - r0, token[r0:r1], saved[2 * i], saved[2 * i + 1]
-            xs, gys, wt = x.index_select(0, rows), gy.index_select(0, rows), weight[r0:r1, None]
+            o, rows, (xs, a, b) = offs[e0:e1] - r0, token[r0:r1], saved[3 * i:3 * i + 3]
+            gys, wt = gy.index_select(0, rows), weight[r0:r1, None]
             s = F.silu(a)
             act = s * b
             gw2[e0:e1] = grouped_mm(gys.t(), act * wt, o)  # dW2_e = Σ_rows gy ⊗ h
             gh = grouped_mm(gys, w2[e0:e1], o)  # [rows, inter]
-            gweight[r0:r1] = torch.einsum("ri,ri->r", gh, act)  # d y / d weight = FFN_e(x) · gy
+            gweight[r0:r1] = torch.einsum("ri,ri->r", gh, act)  # d(gy · weight·w2 act)/d weight
             gact = gh.mul_(wt)
             gb, ga = gact * s, torch.ops.aten.silu_backward(gact.mul_(b), a)
             gw1[e0:e1], gw3[e0:e1] = grouped_mm(ga.t(), xs, o), grouped_mm(gb.t(), xs, o)
@@ -459,7 +462,8 @@ class MoE(nn.Module):
     """DeepSeekMoE layer (V3 eq. 12): shared experts every token uses plus top-k of the fine-grained routed experts.
 
     forward(x [..., dim]) -> [..., dim]. After each forward, ``last_load`` [E] holds tokens per expert; in training
-    mode the load also accumulates until ``update_bias(gamma)``, which a trainer calls after the optimizer step.
+    mode with gradients on (not under ``no_grad`` evaluation) the load also accumulates until ``update_bias(gamma)``,
+    which a trainer calls after the optimizer step.
     dispatch: "grouped" (default) or "loop" (the reference). balance_loss: None, "sequence" (V3 eqs. 17–20, the
     sequence is x's second-to-last axis) or "expert" (V2); when set, forward stores the scalar in ``aux_loss``.
     """

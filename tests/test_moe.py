@@ -142,6 +142,9 @@ def test_moe_bias_updates_in_training_only_and_gets_no_grad():
     moe.update_bias(0.01)
     torch.testing.assert_close(moe.gate.bias, 0.01 * torch.sign(load.float().mean() - load))
     assert moe.step_load.sum() == 0
+    with torch.no_grad():  # an evaluation pass in training mode does not count either
+        moe(x)
+    assert moe.step_load.sum() == 0
     moe.eval()
     before = moe.gate.bias.clone()
     moe(x)
