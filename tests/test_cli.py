@@ -46,6 +46,29 @@ def test_bench_result_line_format():
     assert Result("mla", 1.4, "x", ">=", 1.5).met is False
 
 
+def test_paired_ratios_one_per_round_and_validated():
+    from dslab.bench import paired_ratio, paired_ratios
+
+    calls = []
+    ratios = paired_ratios(lambda: calls.append("c"), lambda: calls.append("b"), rounds=4)
+    assert len(ratios) == 4 and all(r > 0 for r in ratios)
+    assert calls[:2] == ["c", "b"] and calls.count("c") == 5  # one warm-up each, then interleaved
+    assert paired_ratio(lambda: None, lambda: None, rounds=1) > 0
+    with pytest.raises(ValueError, match="rounds"):
+        paired_ratios(lambda: None, lambda: None, rounds=0)
+
+
+def test_moe_bench_counts_matmul_time_only():
+    import torch
+
+    from dslab.bench.moe import _dense_gemm_flops, _moe_gemm_flops, gemm_ms
+
+    a = torch.randn(256, 256)
+    assert gemm_ms(lambda: a @ a) > 0
+    assert gemm_ms(lambda: a.add(1.0).sigmoid_()) == 0
+    assert _moe_gemm_flops(8192) / _dense_gemm_flops(8192) == pytest.approx(1 + 64 / (3 * 896))
+
+
 @pytest.mark.slow
 def test_run_executes_a_notebook_and_reports_its_numbers(tmp_path):
     out = _dslab("run", "00", "--fast", "--out", str(tmp_path))

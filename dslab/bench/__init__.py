@@ -52,13 +52,17 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float
     return statistics.median(times)
 
 
-def paired_ratio(candidate: Callable[[], object], baseline: Callable[[], object], rounds: int = 5) -> float:
-    """Median of per-round time(candidate)/time(baseline), interleaved so machine noise hits both alike."""
+def paired_ratios(candidate: Callable[[], object], baseline: Callable[[], object], rounds: int = 5) -> list[float]:
+    """Per-round time(candidate)/time(baseline), interleaved so machine noise hits both alike."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     candidate(), baseline()  # warm up both
-    ratios = []
-    for _ in range(rounds):
-        ratios.append(timeit(candidate, repeats=1, warmup=0) / timeit(baseline, repeats=1, warmup=0))
-    return statistics.median(ratios)
+    return [timeit(candidate, repeats=1, warmup=0) / timeit(baseline, repeats=1, warmup=0) for _ in range(rounds)]
+
+
+def paired_ratio(candidate: Callable[[], object], baseline: Callable[[], object], rounds: int = 5) -> float:
+    """Median of ``paired_ratios``."""
+    return statistics.median(paired_ratios(candidate, baseline, rounds))
 
 
 def run(name: str, quick: bool = False) -> Result:
