@@ -32,7 +32,11 @@ def _grade(a) -> int:
     if missing:
         print(f"no such file or folder: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
-    limits = Limits(cell_seconds=a.cell_timeout, total_seconds=a.timeout)
+    try:
+        limits = Limits(cell_seconds=a.cell_timeout, total_seconds=a.timeout, memory_mb=a.memory_mb)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     reports = grade(a.submissions, a.out, lab=a.lab, seed=a.seed, grading_seed=a.grading_seed, jobs=a.jobs,
                     limits=limits)
     print_table(reports)
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel")
     g.add_argument("--cell-timeout", type=int, default=120, help="seconds per cell before it is interrupted")
     g.add_argument("--timeout", type=int, default=900, help="seconds per submission in total")
+    g.add_argument("--memory-mb", type=int, default=4096,
+                   help="MiB of data segment each submission's kernel may use (0: no cap, e.g. for CUDA)")
     g.set_defaults(func=_grade)
 
     d = sub.add_parser("doctor", help="check the environment")

@@ -85,6 +85,7 @@ def batch(tmp_path_factory):
         "loop": _variant(tmp, "loop", _insert_after_setup("while True:\n    pass")),
         "flood": _variant(tmp, "flood", _insert_after_setup("for _ in range(4):\n    print('x' * 1_000_000)")),
         "notag": _variant(tmp, "notag", _drop_parameters_tag),
+        "hog": _variant(tmp, "hog", _insert_after_setup("import numpy as np\nhog = np.ones(3 * 2**30 // 8)")),
     }
     shutil.copy(SOLUTION, subs["solution"])
     shutil.copy(LAB, subs["lab"])
@@ -93,7 +94,8 @@ def batch(tmp_path_factory):
     (tmp / "essay.txt").write_text("my answers are in my head\n", encoding="utf-8")
     digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp.iterdir()}
     out = tmp_path_factory.mktemp("grades")
-    reports = grade([tmp], out, grading_seed=7, jobs=2, limits=Limits(cell_seconds=20, total_seconds=240))
+    limits = Limits(cell_seconds=20, total_seconds=240, memory_mb=2048)
+    reports = grade([tmp], out, grading_seed=7, jobs=2, limits=limits)
     return {Path(r["submission"]).stem: r for r in reports}, digests, out
 
 
@@ -149,6 +151,23 @@ def test_output_flood_is_cut(batch):
     assert Path(r["executed_notebook"]).stat().st_size < 4_000_000
 
 
+def test_memory_hog_hits_the_cap_and_the_rest_is_graded(batch):
+    r = batch[0]["hog"]
+    assert r["score"] == 6 and any("ran out of memory" in p and "2048 MiB" in p for p in r["problems"]), r["problems"]
+
+
+def test_limits_are_validated():
+    from dslab.course.execute import limit_memory
+
+    with pytest.raises(ValueError, match="memory_mb"):
+        Limits(memory_mb=-1)
+    with pytest.raises(ValueError, match="cell_seconds"):
+        Limits(cell_seconds=0)
+    with pytest.raises(ValueError, match="memory limit"):
+        limit_memory(-5)
+    assert limit_memory(0) is False  # no cap asked: nothing set
+
+
 def test_missing_parameters_tag_is_restored_so_fast_is_injected(batch):
     r = batch[0]["notag"]
     assert r["score"] == 6 and not any("not injected" in p for p in r["problems"]), r["problems"]
@@ -180,3 +199,5 @@ def test_cli_exit_codes(tmp_path):
     ok = run(str(bad), "--out", str(tmp_path / "out"))
     assert ok.returncode == 0 and "invalid-json" in ok.stdout
     assert run(str(tmp_path / "missing.ipynb"), "--out", str(tmp_path / "out")).returncode == 2
+    negative = run(str(bad), "--out", str(tmp_path / "out"), "--memory-mb", "-1")
+    assert negative.returncode == 2 and "memory_mb" in negative.stderr

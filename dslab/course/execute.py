@@ -1,9 +1,12 @@
 """Execute one notebook with papermill for the grader, in its own process:
-``python -m dslab.course.execute IN OUT --params JSON --cell-timeout S --state STATE.json``.
+``python -m dslab.course.execute IN OUT --params JSON --cell-timeout S --memory-mb M --state STATE.json``.
 
 Every cell runs even after errors; a cell past its time limit is interrupted; output beyond a byte budget is dropped
-(a flood of prints cannot fill the disk or the grader's memory). STATE.json records the cell being run and the kernel's
-pid as execution goes, then the outcome, so the grader can tell a dead kernel or a hang from ordinary errors.
+(a flood of prints cannot fill the disk or the grader's memory). With ``--memory-mb`` the executor caps its own data
+segment (RLIMIT_DATA, POSIX only) before it starts the kernel, which inherits the cap: a submission that allocates
+too much gets a MemoryError in its cell instead of pushing the grading machine into swap or the OOM killer.
+STATE.json records the cell being run and the kernel's pid as execution goes, then the outcome, so the grader can
+tell a dead kernel or a hang from ordinary errors.
 """
 
 from __future__ import annotations
@@ -69,6 +72,26 @@ class CappedEngine(NBClientEngine):
 papermill_engines.register("dslab-capped", CappedEngine)
 
 
+def limit_memory(megabytes: int) -> bool:
+    """Cap this process's data segment (heap and private mappings) and its future children's; 0 means no cap.
+
+    Returns whether a cap was set (False where ``resource`` or RLIMIT_DATA does not exist, e.g. on Windows)."""
+    if megabytes < 0:
+        raise ValueError(f"memory limit must be >= 0 MiB (0: none), got {megabytes}")
+    try:
+        import resource
+    except ImportError:
+        return False
+    if megabytes == 0 or not hasattr(resource, "RLIMIT_DATA"):
+        return False
+    cap = megabytes * 2**20
+    hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    return True
+
+
 def execute(src: str, dst: str, params: dict, cell_timeout: int, state: str) -> dict:
     """Run ``src`` into ``dst``; returns the outcome also written to ``state``."""
     outcome: dict = {"status": "ok"}
@@ -97,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst")
     p.add_argument("--params", default="{}")
     p.add_argument("--cell-timeout", type=int, default=120)
+    p.add_argument("--memory-mb", type=int, default=0, help="cap on the kernel's data segment in MiB (0: none)")
     p.add_argument("--state", required=True)
     a = p.parse_args(argv)
+    limit_memory(a.memory_mb)
     execute(a.src, a.dst, json.loads(a.params), a.cell_timeout, a.state)
     return 0
 

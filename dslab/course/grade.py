@@ -42,6 +42,14 @@ class Limits:
     cell_seconds: int = 120
     total_seconds: int = 900
     retries: int = 2  # re-runs without a cell that killed or hung the kernel
+    memory_mb: int = 4096  # data-segment cap of the kernel (0: none; a CUDA kernel may need it off)
+
+    def __post_init__(self):
+        for name in ("cell_seconds", "total_seconds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Limits.{name} must be >= 1, got {getattr(self, name)}")
+        if self.retries < 0 or self.memory_mb < 0:
+            raise ValueError(f"Limits.retries and Limits.memory_mb must be >= 0, got {self.retries}, {self.memory_mb}")
 
 
 class Rejected(Exception):
@@ -158,7 +166,8 @@ def run_once(nb: nbformat.NotebookNode, work: Path, executed: Path, seed: int, l
     env = dict(os.environ, DSLAB_HEADLESS="1", TQDM_DISABLE="1", MPLBACKEND="Agg",
                DSLAB_GRADE_INPUTS=str(work / "inputs.json"), DSLAB_GRADE_OUTPUTS=str(work / "answers.json"))
     cmd = [sys.executable, "-m", "dslab.course.execute", str(src), str(executed), "--state", str(state),
-           "--params", json.dumps({"SEED": seed, "FAST": True}), "--cell-timeout", str(limits.cell_seconds)]
+           "--params", json.dumps({"SEED": seed, "FAST": True}), "--cell-timeout", str(limits.cell_seconds),
+           "--memory-mb", str(limits.memory_mb)]
     with open(work / "execute.log", "wb") as log:
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -175,8 +184,8 @@ def run_once(nb: nbformat.NotebookNode, work: Path, executed: Path, seed: int, l
     return outcome if outcome.get("status") != "running" else {**outcome, "status": "crashed"}
 
 
-def describe_errors(executed: Path) -> list[str]:
-    """One line per error output in the executed notebook, naming sys.exit() and interrupts plainly."""
+def describe_errors(executed: Path, memory_mb: int = 0) -> list[str]:
+    """One line per error output in the executed notebook, naming sys.exit(), interrupts and the memory cap plainly."""
     if not executed.exists():
         return []
     lines = []
@@ -190,6 +199,8 @@ def describe_errors(executed: Path) -> list[str]:
                 lines.append(f"cell {i} called sys.exit(); the grader kept going")
             elif name == "KeyboardInterrupt":
                 lines.append(f"cell {i} was interrupted after the per-cell time limit")
+            elif memory_mb and (name == "MemoryError" or "can't allocate memory" in value):
+                lines.append(f"cell {i} ran out of memory (the grader allows {memory_mb} MiB): {name}: {value[:120]}")
             elif name != "NotImplementedError":
                 lines.append(f"cell {i} raised {name}: {value}")
     return lines
@@ -216,7 +227,7 @@ def grade_notebook(nb: nbformat.NotebookNode, lab: str, work: Path, executed: Pa
     answers = json.loads(answers_path.read_text()) if answers_path.exists() else {}
     if status in ("kernel-died", "timeout", "crashed"):
         problems.append(f"{status}: {outcome.get('evalue', '')}".strip())
-    problems += describe_errors(executed)
+    problems += describe_errors(executed, limits.memory_mb)
     if outcome.get("flooded") is not None or _flooded(executed):
         problems.append("the notebook printed more output than the grader keeps; the rest was dropped")
     why_missing = "the grading cell did not run (see problems)" if not answers else "not answered"
