@@ -58,6 +58,23 @@ def test_paired_ratios_one_per_round_and_validated():
         paired_ratios(lambda: None, lambda: None, rounds=0)
 
 
+def test_num_threads_sets_and_restores():
+    import torch
+
+    from dslab.bench import num_threads
+
+    before = torch.get_num_threads()
+    with num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        with num_threads(0):
+            pass
+    out = subprocess.run([sys.executable, "-m", "dslab.bench", "moe", "--threads", "0"], capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and "--threads" in out.stderr
+
+
 def test_moe_bench_counts_matmul_time_only():
     import torch
 

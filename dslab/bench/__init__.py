@@ -7,12 +7,15 @@ are not tests: nothing fails on a slow machine.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+import torch
 
 BENCHMARKS: tuple[str, ...] = tuple(
     sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
@@ -36,6 +39,21 @@ class Result:
 
     def line(self) -> str:
         return f"{self.name}: {self.value:.2f}{self.unit} (target {self.op} {self.target:g}{self.unit})"
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Run with n intra-op threads (None: leave as is), restoring the setting afterwards. One thread keeps timings
+    steadier on a busy machine, where a multi-threaded kernel waits for whichever of its threads was descheduled."""
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"threads must be a positive int or None, got {n!r}")
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

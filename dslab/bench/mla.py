@@ -10,12 +10,9 @@ whole prompt at once, where every cached key serves many queries and expanding K
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
-from dslab.bench import Result, paired_ratio, timeit
+from dslab.bench import Result, num_threads, paired_ratio, timeit
 from dslab.configs import ModelArgs
 from dslab.mla import MLA, cache_elements_per_layer, expand_latent, latent_cache_step
 
@@ -27,19 +24,6 @@ def bench_args(n_heads: int = 16, context: int = 4096) -> ModelArgs:
     return ModelArgs(name=f"mla-bench-h{n_heads}", dim=512, n_heads=n_heads, n_layers=1, q_lora_rank=0,
                      kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
                      max_seq_len=context, original_seq_len=context)
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Run with n intra-op threads (None: leave as is). One thread keeps millisecond timings steady on a busy machine,
-    where a multi-threaded kernel waits for whichever of its threads was descheduled."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _modules(args: ModelArgs, batch: int, official: bool) -> dict[str, MLA]:
@@ -74,7 +58,7 @@ def measure(n_heads: int = 16, context: int = 4096, rounds: int = 7, official: b
     """One decode step at position context - 1: per-token times (ms), absorbed/naive speedups, cache sizes (whole
     preallocated caches, MiB) and the paths' max output difference. official=False skips the [B, T, H, D] layout;
     threads sets torch's intra-op threads for the measurement (None: the current setting)."""
-    with _threads(threads):
+    with num_threads(threads):
         return _measure(n_heads, context, rounds, official, batch)
 
 
@@ -111,7 +95,7 @@ def measure_prefill(n_heads: int = 16, seqlen: int = 512, rounds: int = 5, batch
     mods = _modules(args, batch, official=False)
     x = torch.randn(batch, seqlen, args.dim, generator=torch.Generator().manual_seed(2))
     steps = {name: (lambda m=m: m(x, 0)) for name, m in mods.items()}
-    with _threads(threads):
+    with num_threads(threads):
         return {"ms": {name: 1e3 * timeit(step, repeats=rounds) for name, step in steps.items()},
                 "speedup": 1 / paired_ratio(steps["absorb"], steps["naive"], rounds=rounds)}
 
