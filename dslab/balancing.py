@@ -7,14 +7,15 @@ The three ways (DeepSeek-V3 §2.1.2):
 - ``aux_free``: no loss term; after each step every gate bias moves by γ·sign(mean load − load_i) and only changes
   which experts are selected (eq. 16), never the gating weights.
 
-Also: a router-only simulation fast enough for a widget (``simulate_router``), which experts each character class
-lands on (``routing_by_class``) and a dispatch timing helper (``time_dispatch``). Everything is seeded and CPU-sized.
+Also: the seed-to-seed spread (``seed_sweep``), a router-only simulation fast enough for a widget
+(``simulate_router``), which experts each character class lands on (``routing_by_class``) and a dispatch timing
+helper (``time_dispatch``). Everything is seeded and CPU-sized.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -107,6 +108,19 @@ def train_method(method: Method, args: ModelArgs, train_ids: torch.Tensor, val_i
     vio = torch.tensor([[max_vio(x) for x in step] for step in load_t])
     val = [r["val_loss"] for r in history if "val_loss" in r][-1]
     return RunResult(method, load_t, vio, history, val, seconds, model)
+
+
+def seed_sweep(methods: list[Method], args: ModelArgs, train_ids: torch.Tensor, val_ids: torch.Tensor,
+               cfg: TrainConfig, seeds: list[int], dispatch: str = "grouped") -> dict[str, list[RunResult]]:
+    """Train every method once per seed -> {method name: [RunResult per seed]}, to see the seed-to-seed spread.
+
+    A seed sets both the initial weights and the batch order (``cfg.seed``), as ``train_method(..., seed=s)`` with
+    ``cfg.seed = s`` does for the main runs.
+    """
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of ints, got {seeds!r}")
+    return {m.name: [train_method(m, args, train_ids, val_ids, replace(cfg, seed=s), dispatch, s) for s in seeds]
+            for m in methods}
 
 
 def char_class(ch: str) -> str:

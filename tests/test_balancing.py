@@ -1,6 +1,7 @@
 """dslab.balancing: a tiny seeded run where the aux-loss-free bias lowers MaxVio, the character classes, and the
 router-only simulation behind lab 01's widget."""
 
+import pytest
 import torch
 
 from dslab import balancing, configs
@@ -41,6 +42,18 @@ def test_same_seed_same_initial_model():
     b = balancing.build_model(args, balancing.Method("b", "sequence", 0.1), seed=3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert b.moe_layers()[0].balance_loss == "sequence" and b.moe_layers()[0].alpha == 0.1
+
+
+def test_seed_sweep_varies_with_the_seed_and_repeats_with_it():
+    _, train_ids, val_ids, args = _tiny()
+    cfg = TrainConfig(steps=2, batch_size=2, block_size=32, warmup=1, eval_every=2, eval_batches=1, seed=99)
+    free = balancing.Method("free", gamma=0.05)
+    sweep = balancing.seed_sweep([free], args, train_ids, val_ids, cfg, seeds=[1, 2, 1])
+    a, b, again = sweep["free"]
+    assert a.val_loss != b.val_loss and a.val_loss == again.val_loss
+    assert torch.equal(a.loads, again.loads) and not torch.equal(a.loads, b.loads)
+    with pytest.raises(ValueError, match="seeds"):
+        balancing.seed_sweep([free], args, train_ids, val_ids, cfg, seeds=[])
 
 
 def test_char_class():
