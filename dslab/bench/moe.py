@@ -66,6 +66,7 @@ def run(quick: bool = False) -> Result:
         "ratio_rounds": f"median of {rounds}, range {min(ratios):.2f}-{max(ratios):.2f}",
         "moe_ms": round(ms["moe"], 1),
         "dense_ms": round(ms["dense"], 1),
+        "separate_ratio": f"{ms['moe'] / ms['dense']:.2f} (each timed on its own, not interleaved)",
         "gemm_ms": f"moe {g_moe:.0f}, dense {g_dense:.0f} (GEMMs alone: {g_moe / g_dense:.2f}x for "
                    f"{_moe_gemm_flops(tokens) / _dense_gemm_flops(tokens):.3f}x the FLOPs)",
         "non_gemm_ms": f"moe {ms['moe'] - g_moe:.0f}, dense {ms['dense'] - g_dense:.0f} "
