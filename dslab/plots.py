@@ -47,6 +47,7 @@ def grouped_bars(ax: Axes, labels: list[str], series: dict[str, list[float]], yl
         bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
         if len(series) == 1:
             ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=8, padding=1)
+            ax.margins(y=0.12)  # headroom, so the tallest bar's label clears the frame
     ax.set_xticks(x, labels, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     if log:

@@ -49,11 +49,16 @@ class Explorer:
         self.fn, self.controls = fn, controls
         self.summary, self.out = W.HTML(), W.Output()
         self.numbers: dict = {}
+        # One description width and one total width for every control, so labels such as "kv_lora_rank" show in
+        # full and the slider tracks and dropdowns line up.
+        label_width = f"{max((len(getattr(c, 'description', '')) for c in controls.values()), default=0) + 2}ch"
         for control in controls.values():
             control.observe(self._update, names="value")
             style = getattr(control, "style", None)
             if hasattr(style, "description_width") and not style.description_width:
-                style.description_width = "initial"  # show descriptions such as "kv_lora_rank" in full
+                style.description_width = label_width
+            if not control.layout.width:
+                control.layout.width = "30em"
         self._update()
         self.ui = W.VBox([W.VBox(list(controls.values())), self.summary, self.out])
 

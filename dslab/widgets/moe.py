@@ -28,13 +28,13 @@ def balance_explorer(gamma: float = 0.01, alpha: float = 1.0, steps: int = 60, s
     fig.colorbar(im, ax=ax1, label="tokens")
     ax1.set_xlabel("step")
     ax1.set_ylabel("expert")
-    ax1.set_title(f"load per expert, aux-loss-free, γ = {gamma:g}", fontsize=10)
+    ax1.set_title(f"load per expert, aux-loss-free, γ = {gamma:.3g}", fontsize=10)
     for key, vio in sim.max_vio.items():
         ax2.plot(vio.numpy(), label=LABELS[key])
     ax2.set_xlabel("step")
     ax2.set_ylabel("MaxVio (batch)")
     ax2.set_ylim(bottom=0)
-    ax2.set_title(f"MaxVio, α = {alpha:g}, γ = {gamma:g}", fontsize=10)
+    ax2.set_title(f"MaxVio, α = {alpha:.3g}, γ = {gamma:.3g}", fontsize=10)
     ax2.legend(fontsize=8)
     return numbers, fig
 
