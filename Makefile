@@ -26,7 +26,7 @@ HEADLESS := DSLAB_HEADLESS=1 TQDM_DISABLE=1 MPLBACKEND=Agg
 # Targets that run JOBS processes side by side give each one thread, so 2 jobs on 2 cores do not fight.
 PARALLEL := $(HEADLESS) OMP_NUM_THREADS=1
 
-.PHONY: setup lab run test lint unit notebooks labs solutions grade bench doctor clean
+.PHONY: setup lab run test lint unit notebooks labs solutions grade bench doctor browser-check clean
 
 setup: $(STAMP)
 
@@ -53,7 +53,7 @@ run: setup
 test: setup lint unit notebooks
 
 lint: setup
-	$(PY) -m ruff check dslab tests
+	$(PY) -m ruff check dslab tests tools
 
 unit: setup
 	$(PARALLEL) $(PY) -m pytest -q -n $(JOBS) tests
@@ -84,6 +84,11 @@ bench: setup
 
 doctor: setup
 	$(PY) -m dslab doctor
+
+# Widgets in a real JupyterLab, driven by headless Chromium (not part of `make test`). Needs Debian's chromium
+# (apt-get install -y chromium) and `$(PY) -m pip install playwright`, without `playwright install`.
+browser-check: setup
+	$(PY) tools/browser_check.py --out build/browser
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache dslab.egg-info
