@@ -6,9 +6,9 @@ For instructors, not part of ``make test`` (it needs a browser). Needs, besides 
     .venv/bin/pip install playwright     # do NOT run `playwright install`: it downloads a browser of its own
 
 Usage: ``.venv/bin/python tools/browser_check.py [NOTEBOOK ...] --out DIR [--full] [--allow-errors]``
-(default: every notebook in solutions/). The notebooks are copied to a temp folder with ``FAST = True`` set in their
-``parameters`` cell (unless --full) and opened in a JupyterLab server of their own, started on a free port and
-killed at the end. For each notebook: run all cells; fail on an error output (with --allow-errors, meant for
+(default: every notebook in solutions/). The notebooks are copied to a temp folder with ``FAST=True`` injected
+after their ``parameters`` cell (unless --full) and opened in a JupyterLab server of their own, started on a free
+port and killed at the end. For each notebook: run all cells; fail on an error output (with --allow-errors, meant for
 labs/, NotImplementedError from unsolved exercises is allowed and every cell still runs; today's labs/ need no
 such allowance, since their check cells catch NotImplementedError themselves); each live widget must
 show a slider or dropdown and an image; a slider moved with the keyboard (and a dropdown, if any) must change the
@@ -85,25 +85,25 @@ class Result:
 
 
 def prepare(notebook: Path, workdir: Path, full: bool, allow_errors: bool) -> Path:
-    """Copy ``notebook`` under ``workdir`` (keeping its folder, labs/ vs solutions/): FAST = True unless ``full``;
-    with ``allow_errors`` every code cell is tagged raises-exception, so run-all goes on past a failing cell."""
-    nb = json.loads(notebook.read_text())
-    fast_set = full
-    for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
-        if allow_errors and "raises-exception" not in tags:
-            tags.append("raises-exception")
-        if not full and "parameters" in tags:
-            src = "".join(cell["source"])
-            new = re.sub(r"^FAST\s*(:\s*bool)?\s*=\s*False\b", "FAST: bool = True", src, flags=re.M)
-            fast_set, cell["source"] = new != src or "FAST: bool = True" in src, new.splitlines(keepends=True)
-    if not fast_set:
-        raise ValueError("no `FAST = False` line in a cell tagged parameters (use --full)")
+    """Copy ``notebook`` under ``workdir`` (keeping its folder, labs/ vs solutions/) with ``FAST=True`` injected after
+    its parameters cell by papermill, as ``make notebooks`` does (unless ``full``); with ``allow_errors`` every code
+    cell is tagged raises-exception, so run-all goes on past a failing cell."""
+    import nbformat
+    import papermill
+
     dest = workdir / notebook.resolve().parent.name / notebook.name
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(nb, indent=1))
+    if full:
+        nb = nbformat.read(notebook, as_version=4)
+    else:
+        papermill.execute_notebook(str(notebook), str(dest), parameters={"FAST": True}, prepare_only=True,
+                                   kernel_name="python3", progress_bar=False)
+        nb = nbformat.read(dest, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if allow_errors and cell.cell_type == "code" and "raises-exception" not in tags:
+            tags.append("raises-exception")
+    nbformat.write(nb, dest)
     return dest
 
 
