@@ -1,8 +1,20 @@
 """dslab: build the engineering behind DeepSeek-V3 and R1, one notebook at a time.
 
-The ML components live in modules named after the paper concept they implement (``dslab.moe``, ``dslab.mla``, ...);
-the course tooling (build, check, grade, doctor) lives apart in ``dslab.course``. Only the few names a notebook needs
-on its first line are re-exported here.
+Data and imports flow one way, bottom to top:
+
+- ground: ``configs`` (published and course configs), ``data`` (generators, tokenizer, batches), ``nn`` (RMSNorm,
+  SwiGLU, RoPE), ``validate`` (argument checks), ``plots`` and ``widgets`` (pure figures, the widget wrapper),
+  ``runtime`` (seeds, devices, progress bars);
+- components, one paper concept each and importable alone: ``accounting``, ``moe`` (with its engine ``dispatch``),
+  ``mla`` (with the ``attention`` baselines);
+- assembly: ``model`` (TinyDeepSeek from the components), ``train``;
+- labs: ``dslab.labs.labNN_<slug>``, each lab's exercises, experiment harnesses, widgets and diagrams together, built
+  only on the components' public API (see ``dslab.labs`` for the house rule);
+- faces: ``bench`` (speed benchmarks), ``course`` (build, check, grade, doctor, run: tooling that knows no lab in
+  particular) and ``__main__``.
+
+No component imports lab code, the course tooling or a module above it. Only the few names a notebook needs on its
+first line are re-exported here.
 """
 
 __version__ = "0.1.0"
@@ -22,14 +34,14 @@ def check(exercise: str, answer=None) -> None:
 
 def record(**numbers) -> None:
     """Show a notebook's key numbers on one line; ``make run`` collects them into its summary."""
-    from dslab.course.results import record as _record
+    from dslab.course.notebook import record as _record
 
     _record(**numbers)
 
 
 def require(version: str) -> None:
     """Fail early, with the fix, when the installed dslab is older than the notebook needs."""
-    from dslab.course.compat import require as _require
+    from dslab.course.notebook import require as _require
 
     _require(version)
 

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dslab import validate
 from dslab.configs import ModelArgs
-from dslab.nn import apply_rotary_emb, precompute_freqs_cis
+from dslab.nn import apply_rotary_emb, rotary_freqs
 
 
 def check_step(x: torch.Tensor, dim: int, start_pos: int, max_batch_size: int, max_seq_len: int) -> int:
@@ -22,8 +23,7 @@ def check_step(x: torch.Tensor, dim: int, start_pos: int, max_batch_size: int, m
         raise ValueError(f"x must be [batch, seqlen >= 1, {dim}], got shape {tuple(x.shape)}")
     if not 1 <= x.shape[0] <= max_batch_size:
         raise ValueError(f"batch size {x.shape[0]} exceeds the cache's max_batch_size {max_batch_size}")
-    if not isinstance(start_pos, int) or isinstance(start_pos, bool) or start_pos < 0:
-        raise ValueError(f"start_pos must be an int >= 0, got {start_pos!r}")
+    validate.integer("start_pos", start_pos, 0)
     end_pos = start_pos + x.shape[1]
     if end_pos > max_seq_len:
         raise ValueError(f"start_pos + seqlen = {end_pos} exceeds the cache's max_seq_len {max_seq_len}")
@@ -53,12 +53,6 @@ def causal_mask(seqlen: int, start_pos: int = 0, device: torch.device | str | No
     return torch.full((seqlen, start_pos + seqlen), float("-inf"), device=device).triu_(start_pos + 1)
 
 
-def check_max_batch_size(max_batch_size: int) -> int:
-    if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or max_batch_size <= 0:
-        raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
-    return max_batch_size
-
-
 class Attention(nn.Module):
     """MHA / GQA / MQA with RoPE and a preallocated KV cache, chosen by ``args.attn`` and ``args.kv_heads``.
 
@@ -75,13 +69,13 @@ class Attention(nn.Module):
         self.head_dim = args.attn_head_dim
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
-        self.max_batch_size, self.max_seq_len = check_max_batch_size(max_batch_size), args.max_seq_len
+        self.max_batch_size, self.max_seq_len = validate.integer("max_batch_size", max_batch_size, 1), args.max_seq_len
         self.wq = nn.Linear(self.dim, self.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(self.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(self.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, self.dim, bias=False)
         self.softmax_scale = self.head_dim ** -0.5
-        self.register_buffer("freqs_cis", precompute_freqs_cis(self.head_dim, args.max_seq_len, args.rope_theta),
+        self.register_buffer("freqs_cis", rotary_freqs(self.head_dim, args.max_seq_len, args.rope_theta),
                              persistent=False)
         cache = (max_batch_size, self.n_kv_heads, args.max_seq_len, self.head_dim)
         self.register_buffer("k_cache", torch.zeros(cache), persistent=False)

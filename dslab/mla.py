@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dslab import validate
 from dslab.accounting import kv_elements_per_token
-from dslab.attention import causal_mask, check_forward, check_max_batch_size
+from dslab.attention import causal_mask, check_forward
 from dslab.configs import ModelArgs
-from dslab.nn import RMSNorm, apply_rotary_emb, precompute_freqs_cis, rope_freqs_cis, yarn_mscale
+from dslab.nn import RMSNorm, apply_rotary_emb, precompute_freqs_cis, yarn_mscale
 
 ATTN_IMPLS = ("naive", "absorb")
 CACHE_LAYOUTS = ("bhtd", "bthd")
@@ -41,8 +42,7 @@ def cache_elements_per_layer(args: ModelArgs, attn_impl: str = "absorb") -> int:
     """
     if args.attn != "mla":
         raise ValueError(f"args.attn must be 'mla', got {args.attn!r} (classic attention: dslab.accounting)")
-    if attn_impl not in ATTN_IMPLS:
-        raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+    validate.choice("attn_impl", attn_impl, ATTN_IMPLS)
     if attn_impl == "absorb":
         return kv_elements_per_token(args) // args.n_layers
     return args.n_heads * (args.qk_nope_head_dim + args.qk_rope_head_dim + args.v_head_dim)
@@ -60,18 +60,6 @@ def latent_cache_step(x: torch.Tensor, wkv_a: torch.Tensor, kv_norm_weight: torc
     kv, k_pe = F.linear(x, wkv_a).split([wkv_a.shape[0] - rope_dim, rope_dim], dim=-1)
     c_kv = F.rms_norm(kv, (kv.shape[-1],), kv_norm_weight, eps)
     return c_kv, apply_rotary_emb(k_pe.unsqueeze(2), freqs_cis).squeeze(2)
-
-
-def latent_cache_step_at(x: torch.Tensor, wkv_a: torch.Tensor, kv_norm_weight: torch.Tensor, start_pos: int = 0,
-                         rope_theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``latent_cache_step`` for tokens at positions start_pos..start_pos+S-1 with plain RoPE (no YaRN), eps 1e-6.
-
-    x [B, S, dim]; wkv_a [c + r, dim]; kv_norm_weight [c] (r = wkv_a rows - c). Returns (c_kv [B, S, c],
-    k_pe [B, S, r]). Lab 03's exercise 3.2; positions replace the complex RoPE table so every input is plain data.
-    """
-    seqlen, rope_dim = x.shape[1], wkv_a.shape[0] - kv_norm_weight.shape[0]
-    freqs_cis = precompute_freqs_cis(rope_dim, start_pos + seqlen, rope_theta)[start_pos:]
-    return latent_cache_step(x, wkv_a, kv_norm_weight, freqs_cis)
 
 
 def _split_wkv_b(wkv_b: torch.Tensor, n_heads: int, qk_nope_head_dim: int,
@@ -141,14 +129,6 @@ def absorbed_attention(q_nope: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch
     return absorbed_output(probs, kv_cache, wkv_b, *heads)
 
 
-def _check_mla_args(args: ModelArgs) -> None:
-    for k in ("kv_lora_rank", "qk_nope_head_dim", "v_head_dim"):
-        if getattr(args, k) <= 0:
-            raise ValueError(f"MLA needs {k} > 0, got {getattr(args, k)}")
-    if args.qk_rope_head_dim <= 0 or args.qk_rope_head_dim % 2:
-        raise ValueError(f"MLA needs an even qk_rope_head_dim > 0 (RoPE rotates pairs), got {args.qk_rope_head_dim}")
-
-
 class MLA(nn.Module):
     """Multi-head Latent Attention with a preallocated cache; forward(x [B, S, dim], start_pos) -> [B, S, dim].
 
@@ -162,18 +142,17 @@ class MLA(nn.Module):
     def __init__(self, args: ModelArgs, max_batch_size: int = 8, attn_impl: str = "absorb",
                  cache_layout: str = "bhtd"):
         super().__init__()
-        _check_mla_args(args)
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
-        if cache_layout not in CACHE_LAYOUTS:
-            raise ValueError(f"cache_layout must be one of {CACHE_LAYOUTS}, got {cache_layout!r}")
+        if not isinstance(args, ModelArgs) or args.attn != "mla":  # ModelArgs checked the MLA widths already
+            raise ValueError(f"args must be a ModelArgs with attn='mla', got {getattr(args, 'attn', args)!r}")
+        validate.choice("attn_impl", attn_impl, ATTN_IMPLS)
+        validate.choice("cache_layout", cache_layout, CACHE_LAYOUTS)
         self.attn_impl, self.cache_layout = attn_impl, cache_layout
         self.dim, self.n_heads = args.dim, args.n_heads
         self.q_lora_rank, self.kv_lora_rank = args.q_lora_rank, args.kv_lora_rank
         self.qk_nope_head_dim, self.qk_rope_head_dim = args.qk_nope_head_dim, args.qk_rope_head_dim
         self.qk_head_dim = args.qk_nope_head_dim + args.qk_rope_head_dim
         self.v_head_dim = args.v_head_dim
-        self.max_batch_size, self.max_seq_len = check_max_batch_size(max_batch_size), args.max_seq_len
+        self.max_batch_size, self.max_seq_len = validate.integer("max_batch_size", max_batch_size, 1), args.max_seq_len
         if self.q_lora_rank == 0:  # V2-Lite: full-rank queries
             self.wq = nn.Linear(self.dim, self.n_heads * self.qk_head_dim, bias=False)
         else:  # V3 eqs. 6-7: c^Q = W^DQ h, normalized, then up-projected
@@ -185,7 +164,7 @@ class MLA(nn.Module):
         self.wkv_b = nn.Linear(self.kv_lora_rank, self.n_heads * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
         self.wo = nn.Linear(self.n_heads * self.v_head_dim, self.dim, bias=False)
         self.softmax_scale = softmax_scale(args)
-        self.register_buffer("freqs_cis", rope_freqs_cis(args), persistent=False)
+        self.register_buffer("freqs_cis", precompute_freqs_cis(args), persistent=False)
         b, t, h = max_batch_size, args.max_seq_len, self.n_heads
         if attn_impl == "absorb":
             caches = {"kv_cache": (b, t, self.kv_lora_rank), "pe_cache": (b, t, self.qk_rope_head_dim)}

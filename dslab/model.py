@@ -13,22 +13,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dslab import validate
 from dslab.attention import Attention
 from dslab.configs import ModelArgs
 from dslab.mla import MLA
+from dslab.moe import MoE
 from dslab.nn import MLP, RMSNorm
 
 
 class Block(nn.Module):
-    """One transformer layer: attention then FFN (dense for layer_id < n_dense_layers, else MoE), both pre-norm."""
+    """One transformer layer: attention then FFN (dense for layer_id < n_dense_layers, else MoE), both pre-norm.
 
-    def __init__(self, layer_id: int, args: ModelArgs, max_batch_size: int = 8):
+    moe_options go to every ``MoE`` layer (dispatch, balance_loss, alpha; see ``dslab.moe.MoE``).
+    """
+
+    def __init__(self, layer_id: int, args: ModelArgs, max_batch_size: int = 8, moe_options: dict | None = None):
         super().__init__()
         self.attn = MLA(args, max_batch_size) if args.attn == "mla" else Attention(args, max_batch_size)
         if args.is_moe and layer_id >= args.n_dense_layers:
-            from dslab.moe import MoE
-
-            self.ffn = MoE(args)
+            self.ffn = MoE(args, **(moe_options or {}))
         else:
             self.ffn = MLP(args.dim, args.inter_dim)
         self.attn_norm, self.ffn_norm = RMSNorm(args.dim), RMSNorm(args.dim)
@@ -40,15 +43,21 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Embedding, ``n_layers`` Blocks, final RMSNorm and output head. tokens [B, S] -> logits [B, S, vocab_size]."""
+    """Embedding, ``n_layers`` Blocks, final RMSNorm and output head. tokens [B, S] -> logits [B, S, vocab_size].
 
-    def __init__(self, args: ModelArgs, max_batch_size: int = 8, init_std: float = 0.02):
+    max_batch_size: rows the attention caches hold when decoding (eval mode). moe_options: keyword arguments for every
+    MoE layer, e.g. ``{"balance_loss": "sequence", "alpha": 0.01}`` or ``{"dispatch": "loop"}``.
+    """
+
+    def __init__(self, args: ModelArgs, max_batch_size: int = 8, init_std: float = 0.02, *,
+                 moe_options: dict | None = None):
         super().__init__()
-        if not init_std > 0:
-            raise ValueError(f"init_std must be > 0, got {init_std!r}")
+        if not isinstance(args, ModelArgs):
+            raise TypeError(f"args must be a dslab.configs.ModelArgs, got {type(args).__name__}")
+        validate.real("init_std", init_std, 0, lo_open=True)
         self.args = args
         self.embed = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(Block(i, args, max_batch_size) for i in range(args.n_layers))
+        self.layers = nn.ModuleList(Block(i, args, max_batch_size, moe_options) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim)
         self.head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
@@ -67,9 +76,19 @@ class Transformer(nn.Module):
             h = layer(h, start_pos)
         return self.head(self.norm(h))
 
-    def moe_layers(self) -> list[nn.Module]:
+    def moe_layers(self) -> list[MoE]:
         """The MoE FFNs, in layer order (empty for a dense model)."""
-        return [b.ffn for b in self.layers if not isinstance(b.ffn, MLP)]
+        return [b.ffn for b in self.layers if isinstance(b.ffn, MoE)]
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """Sum over MoE layers of the balance loss their last forward stored; None when no layer computes one."""
+        losses = [m.aux_loss for m in self.moe_layers() if m.aux_loss is not None]
+        return torch.stack(losses).sum() if losses else None
+
+    def update_bias(self, gamma: float) -> None:
+        """The aux-loss-free step of every MoE layer (``MoE.update_bias``): call it after each optimizer step."""
+        for m in self.moe_layers():
+            m.update_bias(gamma)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -13,95 +13,62 @@ Names follow DeepSeek-V3's ``inference/model.py`` (``Gate``, ``MoE``, ``w1``/``w
 changes *which* experts are picked, groups that are not kept are masked with −inf (not 0: biased scores can be
 negative), and the weights come from the unbiased scores, renormalised for sigmoid (not softmax), times route_scale.
 
-Two dispatch implementations compute the same routed sum: ``loop_dispatch`` (one masked gather per expert, the readable
-reference) and ``grouped_dispatch`` (tokens sorted by expert once, one grouped GEMM per projection, a hand-written
-backward). Both keep every token: V3 drops none.
+How the routed sum is computed (which tokens go through which expert's matmuls) is ``dslab.dispatch``'s business:
+``loop_dispatch``, one masked gather per expert, or ``grouped_dispatch``, sorted rows and ragged GEMMs. Both keep every
+token: V3 drops none. MaxVio, the load measure, is defined in the aux-loss-free balancing paper (Wang et al. 2024,
+arXiv 2408.15664, eq. 4).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dslab.configs import ModelArgs
+from dslab import validate
+from dslab.configs import SCORE_FUNCS, ModelArgs
+from dslab.dispatch import DISPATCHES, grouped_dispatch, grouped_mm, loop_dispatch
+from dslab.dispatch import dispatch as dispatch_fn
 from dslab.nn import MLP
 
-SCORE_FUNCS = ("sigmoid", "softmax")
-DISPATCHES = ("grouped", "loop")
 BALANCE_LOSSES = (None, "sequence", "expert")
 SEQUENCE_ALPHA = 1e-4  # V3 §4.2: "just to avoid extreme imbalance within any single sequence"
 EXPERT_ALPHA = 0.003  # V2 §3.1.2, α1 of the expert-level auxiliary loss
 BIAS_GAMMA = 0.001  # V3 §4.2 bias update speed (0.0 for the last 500B tokens)
-# On the CPU the grouped path works through blocks of experts whose gathered rows stay under this many bytes, so each
-# block's temporaries stay in the last-level cache and are recycled by malloc (glibc mmaps, and page-faults afresh,
-# every block over 32 MiB). At the benchmark's size one block of all rows is ~1.25x slower.
-CPU_BLOCK_BYTES = 16 * 2**20
 
 
 # --------------------------------------------------------------------------------------------------------- checks
-def _int_in(name: str, value: object, lo: int, hi: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
-    return value
-
-
-def _choice(name: str, value: object, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _finite(name: str, t: torch.Tensor) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-
-
-def _tensor(name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    return t
-
-
 def _check_indices(indices: torch.Tensor, n_experts: int) -> None:
-    _tensor("indices", indices)
-    if indices.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"indices must be an int32/int64 tensor, got {indices.dtype}")
+    validate.tensor("indices", indices, floating=False)
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_experts):
         raise ValueError(f"indices must lie in [0, {n_experts}), got [{int(indices.min())}, {int(indices.max())}]")
 
 
 def _check_route(scores: torch.Tensor, bias: torch.Tensor | None, top_k: int, n_groups: int, topk_groups: int,
                  score_func: str, route_scale: float) -> None:
-    _tensor("scores_or_logits", scores)
-    if scores.dim() < 1 or not scores.is_floating_point():
-        raise ValueError(f"scores_or_logits must be a float tensor [..., n_experts], got {scores.dtype} "
-                         f"{tuple(scores.shape)}")
+    validate.tensor("scores_or_logits", scores, floating=True, finite=True)
+    if scores.dim() < 1:
+        raise ValueError("scores_or_logits must be [..., n_experts], got a 0-d tensor")
     n = scores.shape[-1]
-    _choice("score_func", score_func, SCORE_FUNCS)
-    _int_in("top_k", top_k, 1, n)
-    _int_in("n_groups", n_groups, 1, n)
+    validate.choice("score_func", score_func, SCORE_FUNCS)
+    validate.integer("top_k", top_k, 1, n)
+    validate.integer("n_groups", n_groups, 1, n)
     if n % n_groups:
         raise ValueError(f"n_groups must divide the number of experts {n}, got {n_groups}")
-    _int_in("topk_groups", topk_groups, 1, n_groups)
+    validate.integer("topk_groups", topk_groups, 1, n_groups)
     kept = topk_groups * (n // n_groups)
     if top_k > kept:
         raise ValueError(f"top_k must be <= topk_groups * experts per group = {kept}, got {top_k}")
-    if isinstance(route_scale, bool) or not isinstance(route_scale, (int, float)) or not 0 < route_scale < math.inf:
-        raise ValueError(f"route_scale must be a finite number > 0, got {route_scale!r}")
-    _finite("scores_or_logits", scores)
-    if bias is not None:
-        if _tensor("bias", bias).shape != (n,):
-            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
-        _finite("bias", bias)
+    validate.real("route_scale", route_scale, 0, lo_open=True)
+    if bias is not None and validate.tensor("bias", bias, 1, floating=True, finite=True).shape != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
 
 
 # -------------------------------------------------------------------------------------------------------- routing
 def affinities(logits: torch.Tensor, score_func: str) -> torch.Tensor:
     """Affinities s_{i,t} in fp32: sigmoid (V3 eq. 15) or softmax over experts (V2). logits [..., E] -> [..., E]."""
-    _choice("score_func", score_func, SCORE_FUNCS)
-    logits = logits.float()
+    validate.choice("score_func", score_func, SCORE_FUNCS)
+    logits = validate.tensor("logits", logits, floating=True).float()
     return logits.sigmoid() if score_func == "sigmoid" else logits.softmax(dim=-1)
 
 
@@ -148,14 +115,14 @@ def route(scores_or_logits: torch.Tensor, bias: torch.Tensor | None, top_k: int,
 # ----------------------------------------------------------------------------------------- load and its balancing
 def expert_load(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
     """Tokens routed to each expert: indices [..., k] -> load [n_experts] (int64)."""
-    _int_in("n_experts", n_experts, 1, 2**31)
+    validate.integer("n_experts", n_experts, 1)
     _check_indices(indices, n_experts)
     return torch.bincount(indices.flatten(), minlength=n_experts)
 
 
 def max_vio(load: torch.Tensor) -> float:
     """Maximal violation MaxVio = (max_i load_i − mean load) / mean load (0 = perfect balance). load: [E]."""
-    if _tensor("load", load).dim() != 1 or load.numel() == 0:
+    if validate.tensor("load", load).dim() != 1 or load.numel() == 0:
         raise ValueError(f"load must be a non-empty 1-D tensor [n_experts], got shape {tuple(load.shape)}")
     load = load.double()
     mean = float(load.mean())
@@ -170,10 +137,9 @@ def bias_update(bias: torch.Tensor, load: torch.Tensor, gamma: float = BIAS_GAMM
     Overloaded experts go down, underloaded ones up; an expert exactly at the mean keeps its bias (sign(0) = 0).
     Pure: returns a new tensor and never touches autograd (the bias is not trained by gradients).
     """
-    if _tensor("bias", bias).dim() != 1 or _tensor("load", load).shape != bias.shape:
+    if validate.tensor("bias", bias, 1).shape != validate.tensor("load", load).shape:
         raise ValueError(f"bias and load must both be [n_experts], got {tuple(bias.shape)} and {tuple(load.shape)}")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < math.inf:
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    validate.real("gamma", gamma, 0)
     load = load.detach().float()
     return bias.detach().float() + gamma * torch.sign(load.mean() - load)
 
@@ -186,14 +152,13 @@ def sequence_balance_loss(scores: torch.Tensor, indices: torch.Tensor, alpha: fl
     f_i = N_r/(K_r T) · #tokens choosing i (eq. 18, no gradient); P_i = mean_t of s normalised over all N_r experts
     (eqs. 19–20: sigmoids do not sum to 1). Perfect balance gives exactly α. Returns a scalar.
     """
-    if _tensor("scores", scores).dim() < 2 or _tensor("indices", indices).shape[:-1] != scores.shape[:-1]:
+    validate.tensor("scores", scores, floating=True, finite=True)
+    if scores.dim() < 2 or validate.tensor("indices", indices).shape[:-1] != scores.shape[:-1]:
         raise ValueError(f"scores [..., T, E] and indices [..., T, K] must share leading dims, got "
                          f"{tuple(scores.shape)} and {tuple(indices.shape)}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < math.inf:
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    validate.real("alpha", alpha, 0)
     n_experts, (seq_len, top_k) = scores.shape[-1], indices.shape[-2:]
     _check_indices(indices, n_experts)
-    _finite("scores", scores)
     chosen = torch.zeros(*indices.shape[:-2], n_experts, device=scores.device)
     chosen.scatter_add_(-1, indices.flatten(-2), torch.ones(indices.flatten(-2).shape, device=scores.device))
     f = chosen * n_experts / (top_k * seq_len)  # eq. 18
@@ -208,179 +173,9 @@ def expert_balance_loss(scores: torch.Tensor, indices: torch.Tensor, alpha: floa
     scores: [..., E] affinities (softmax in V2; normalised over experts here, a no-op for softmax); indices: [..., K].
     The same f·P as ``sequence_balance_loss`` with T = every token in the batch. Returns a scalar.
     """
-    _tensor("scores", scores)
-    _tensor("indices", indices)
+    validate.tensor("scores", scores)
+    validate.tensor("indices", indices)
     return sequence_balance_loss(scores.reshape(-1, scores.shape[-1]), indices.reshape(-1, indices.shape[-1]), alpha)
-
-
-class LoadStats:
-    """Tokens per expert for the last batch and accumulated since ``reset()``, with their MaxVio.
-
-    ``update(load)`` after each step (load [E], e.g. ``moe.last_load``); ``history`` keeps each batch's MaxVio.
-    """
-
-    def __init__(self, n_experts: int):
-        self.n_experts = _int_in("n_experts", n_experts, 1, 2**31)
-        self.reset()
-
-    def reset(self) -> None:
-        self.batch_load = torch.zeros(self.n_experts, dtype=torch.long)
-        self.total_load = torch.zeros(self.n_experts, dtype=torch.long)
-        self.history: list[float] = []
-
-    def update(self, load: torch.Tensor) -> float:
-        """Record one batch's load [E]; return its MaxVio."""
-        if _tensor("load", load).shape != (self.n_experts,):
-            raise ValueError(f"load must have shape ({self.n_experts},), got {tuple(load.shape)}")
-        self.batch_load = load.detach().cpu().long()
-        self.total_load = self.total_load + self.batch_load
-        self.history.append(max_vio(self.batch_load))
-        return self.history[-1]
-
-    @property
-    def batch_max_vio(self) -> float:
-        return max_vio(self.batch_load)
-
-    @property
-    def max_vio(self) -> float:
-        """MaxVio of the load accumulated since reset (V3 Fig. 9 reports it per batch and over a whole set)."""
-        return max_vio(self.total_load)
-
-
-# ------------------------------------------------------------------------------------------------------- dispatch
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The experts' matmul dtype: autocast's when it is on (it does not reach into custom Functions), else x's."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
-def _swiglu(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
-    """One expert ``w2(silu(w1 x) * w3 x)``: x [n, dim], w1/w3 [inter, dim], w2 [dim, inter] -> [n, dim]."""
-    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
-
-
-def loop_dispatch(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, w1: torch.Tensor,
-                  w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
-    """Routed part of eq. 12 one expert at a time (the reference): Σ_k weights[t,k] · FFN_{indices[t,k]}(x_t).
-
-    x [T, dim]; weights, indices [T, k]; w1, w3 [E, inter, dim]; w2 [E, dim, inter]. Returns [T, dim].
-    """
-    dtype = _compute_dtype(x)
-    y = torch.zeros(x.shape, dtype=dtype, device=x.device)  # index_add_ needs the experts' output dtype
-    weights = weights.to(dtype)
-    for e in range(w1.shape[0]):
-        token, slot = torch.where(indices == e)
-        if token.numel():
-            y.index_add_(0, token, _swiglu(x[token], w1[e], w2[e], w3[e]) * weights[token, slot, None])
-    return y
-
-
-def _torch_grouped_mm_ok(*tensors: torch.Tensor) -> bool:
-    """Whether ``torch._grouped_mm`` takes these operands: CPU, fp32/bf16, 16-byte-aligned strides and pointers."""
-    if not hasattr(torch, "_grouped_mm"):
-        return False
-    for t in tensors:
-        if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.bfloat16) or t.data_ptr() % 16:
-            return False
-        if any(stride * t.element_size() % 16 for stride, n in zip(t.stride(), t.shape) if stride != 1 and n > 1):
-            return False
-    return True
-
-
-def grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    """One ragged GEMM over G groups; ``offs`` [G] int32 holds each group's end along the ragged dim M.
-
-    a [M, K] rows sorted by group, b [G, K, N] -> [M, N] (rows of group g times b[g]), or, for weight gradients,
-    a [K, M], b [M, N] -> [G, K, N] (group g sums over its own M slice). Uses ``torch._grouped_mm`` where it takes
-    the operands (checked on the CPU only; GPU support depends on the architecture), else a loop over the
-    contiguous slices; both give the same numbers.
-    """
-    out_n = b.shape[-1]
-    if out_n * b.element_size() % 16 == 0 and _torch_grouped_mm_ok(a, b):
-        return torch._grouped_mm(a, b, offs=offs)
-    ends = offs.tolist()
-    starts = [0] + ends[:-1]
-    if b.dim() == 3:
-        return torch.cat([a[s:e] @ b[g] for g, (s, e) in enumerate(zip(starts, ends))])
-    return torch.stack([a[:, s:e] @ b[s:e] for s, e in zip(starts, ends)])
-
-
-def _expert_blocks(counts: list[int], max_rows: int | None) -> list[tuple[int, int, int, int]]:
-    """Split experts into consecutive ranges of at most ``max_rows`` sorted rows (None: one block).
-
-    Returns (first expert, end expert, first row, end row) per block; an expert bigger than max_rows gets its own.
-    """
-    blocks, e0, r0, rows = [], 0, 0, 0
-    for e, c in enumerate(counts):
-        if max_rows is not None and rows and rows + c > max_rows:
-            blocks.append((e0, e, r0, r0 + rows))
-            e0, r0, rows = e, r0 + rows, 0
-        rows += c
-    blocks.append((e0, len(counts), r0, r0 + rows))
-    return blocks
-
-
-class _GroupedSwiGLU(torch.autograd.Function):
-    """Sorted-row SwiGLU experts with a hand-written backward, worked block by block (no temporary exceeds a block).
-
-    forward(x [T, dim], weight [R], token [R], counts [E], w1 [E, inter, dim], w2 [E, dim, inter], w3, max_rows)
-    -> y [T, dim] with y[token[r]] += weight[r] · FFN_e(x[token[r]]) for the R = T·k rows sorted by expert e.
-    Saves per block what autograd would (the gathered rows xs [rows, dim], a = w1 xs and b = w3 xs [rows, inter]);
-    silu is recomputed in backward.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, token, counts, w1, w2, w3, max_rows):
-        blocks = _expert_blocks(counts.tolist(), max_rows)
-        offs = counts.cumsum(0).to(torch.int32)
-        y, saved = torch.zeros_like(x), []
-        for e0, e1, r0, r1 in blocks:
-            o, rows = offs[e0:e1] - r0, token[r0:r1]
-            xs = x.index_select(0, rows)  # the one gather of this block's tokens
-            a, b = grouped_mm(xs, w1[e0:e1].transpose(1, 2), o), grouped_mm(xs, w3[e0:e1].transpose(1, 2), o)
-            h = F.silu(a).mul_(b).mul_(weight[r0:r1, None])  # gate weight on the narrow hidden, not on [R, dim]
-            y.index_add_(0, rows, grouped_mm(h, w2[e0:e1].transpose(1, 2), o))
-            saved += [xs, a, b]
-        ctx.blocks = blocks
-        ctx.save_for_backward(weight, token, offs, w1, w2, w3, *saved)
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        weight, token, offs, w1, w2, w3, *saved = ctx.saved_tensors
-        gx, gweight = gy.new_zeros(gy.shape), torch.empty_like(weight)
-        gw1, gw2, gw3 = torch.empty_like(w1), torch.empty_like(w2), torch.empty_like(w3)
-        for i, (e0, e1, r0, r1) in enumerate(ctx.blocks):
-            o, rows, (xs, a, b) = offs[e0:e1] - r0, token[r0:r1], saved[3 * i:3 * i + 3]
-            gys, wt = gy.index_select(0, rows), weight[r0:r1, None]
-            s = F.silu(a)
-            act = s * b
-            gw2[e0:e1] = grouped_mm(gys.t(), act * wt, o)  # dW2_e = Σ_rows gy ⊗ h
-            gh = grouped_mm(gys, w2[e0:e1], o)  # [rows, inter]
-            gweight[r0:r1] = torch.einsum("ri,ri->r", gh, act)  # d(gy · weight·w2 act)/d weight
-            gact = gh.mul_(wt)
-            gb, ga = gact * s, torch.ops.aten.silu_backward(gact.mul_(b), a)
-            gw1[e0:e1], gw3[e0:e1] = grouped_mm(ga.t(), xs, o), grouped_mm(gb.t(), xs, o)
-            gx.index_add_(0, rows, grouped_mm(ga, w1[e0:e1], o).add_(grouped_mm(gb, w3[e0:e1], o)))
-        return gx, gweight, None, None, gw1, gw2, gw3, None
-
-
-def grouped_dispatch(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, w1: torch.Tensor,
-                     w2: torch.Tensor, w3: torch.Tensor, *, max_rows: int | None = None) -> torch.Tensor:
-    """Routed part of eq. 12 by sorting the T·k (token, expert) pairs by expert: one gather, grouped GEMMs, one add.
-
-    x [T, dim]; weights, indices [T, k]; w1, w3 [E, inter, dim]; w2 [E, dim, inter]. Returns [T, dim], equal to
-    ``loop_dispatch``. max_rows: rows per block of experts (None: ``CPU_BLOCK_BYTES`` on the CPU, one block elsewhere).
-    """
-    n_experts, top_k = w1.shape[0], indices.shape[-1]
-    order = indices.flatten().argsort(stable=True)  # stable: each expert sees its tokens in order, as the loop does
-    counts = torch.bincount(indices.flatten(), minlength=n_experts)
-    if max_rows is None and x.device.type == "cpu":
-        max_rows = max(1, CPU_BLOCK_BYTES // (x.shape[-1] * x.element_size()))
-    dtype = _compute_dtype(x)
-    with torch.autocast(x.device.type, enabled=False):
-        return _GroupedSwiGLU.apply(x.to(dtype), weights.flatten()[order].to(dtype), order // top_k, counts,
-                                    w1.to(dtype), w2.to(dtype), w3.to(dtype), max_rows)
 
 
 # -------------------------------------------------------------------------------------------------------- modules
@@ -403,20 +198,20 @@ class Gate(nn.Module):
 
     def affinities(self, x: torch.Tensor) -> torch.Tensor:
         """s_{i,t} for x [T, dim] -> [T, E] fp32. The gate runs in fp32 even under autocast (V3 §3.3.1)."""
-        if _tensor("x", x).dim() != 2 or x.shape[-1] != self.dim:
+        if validate.tensor("x", x, floating=True).dim() != 2 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be [tokens, {self.dim}], got shape {tuple(x.shape)}")
         with torch.autocast(x.device.type, enabled=False):
             logits = F.linear(x.float(), self.weight.float())
-        _finite("router logits", logits)
+        validate.tensor("router logits", logits, finite=True)
         return affinities(logits, self.score_func)
 
-    def route(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights and indices [T, k] from affinities [T, E] with this gate's bias and settings (see ``route``)."""
         return route(scores, self.bias, self.topk, self.n_groups, self.topk_groups, self.score_func,
                      self.route_scale, from_logits=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        weights, indices = self.route(self.affinities(x))
+        weights, indices = self.select(self.affinities(x))
         return weights.type_as(x), indices
 
     def extra_repr(self) -> str:
@@ -453,9 +248,7 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                 dispatch: str = "grouped") -> torch.Tensor:
-        _choice("dispatch", dispatch, DISPATCHES)
-        run = grouped_dispatch if dispatch == "grouped" else loop_dispatch
-        return run(x, weights, indices, self.w1, self.w2, self.w3)
+        return dispatch_fn(dispatch)(x, weights, indices, self.w1, self.w2, self.w3)
 
 
 class MoE(nn.Module):
@@ -473,12 +266,13 @@ class MoE(nn.Module):
         super().__init__()
         if not args.is_moe:
             raise ValueError("MoE needs args.n_routed_experts > 0")
-        _choice("dispatch", dispatch, DISPATCHES)
-        _choice("balance_loss", balance_loss, BALANCE_LOSSES)
+        validate.choice("dispatch", dispatch, DISPATCHES)
+        validate.choice("balance_loss", balance_loss, BALANCE_LOSSES)
         self.dim, self.n_routed_experts = args.dim, args.n_routed_experts
         self.n_activated_experts = args.n_activated_experts
         self.dispatch, self.balance_loss = dispatch, balance_loss
-        self.alpha = alpha if alpha is not None else (EXPERT_ALPHA if balance_loss == "expert" else SEQUENCE_ALPHA)
+        default_alpha = EXPERT_ALPHA if balance_loss == "expert" else SEQUENCE_ALPHA
+        self.alpha = default_alpha if alpha is None else validate.real("alpha", alpha, 0)
         self.gate = Gate(args)
         self.experts = Experts(args.n_routed_experts, args.dim, args.moe_inter_dim)
         n_shared = args.n_shared_experts
@@ -491,11 +285,11 @@ class MoE(nn.Module):
         return f"dispatch={self.dispatch!r}, balance_loss={self.balance_loss!r}, alpha={self.alpha}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _tensor("x", x).dim() < 2 or x.shape[-1] != self.dim:
+        if validate.tensor("x", x, floating=True).dim() < 2 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be [..., tokens, {self.dim}], got shape {tuple(x.shape)}")
         shape, x = x.shape, x.reshape(-1, self.dim)
         scores = self.gate.affinities(x)  # [T, E]
-        weights, indices = self.gate.route(scores)
+        weights, indices = self.gate.select(scores)
         self._record_load(indices)
         y = self.experts(x, weights.type_as(x), indices, self.dispatch)
         if self.shared_experts is not None:
@@ -531,7 +325,7 @@ class MoE(nn.Module):
 
 
 __all__ = [
-    "BIAS_GAMMA", "DISPATCHES", "EXPERT_ALPHA", "SCORE_FUNCS", "SEQUENCE_ALPHA", "Experts", "Gate", "LoadStats", "MoE",
+    "BIAS_GAMMA", "DISPATCHES", "EXPERT_ALPHA", "SCORE_FUNCS", "SEQUENCE_ALPHA", "Experts", "Gate", "MoE", "ModelArgs",
     "affinities", "bias_update", "expert_balance_loss", "expert_load", "grouped_dispatch", "grouped_mm",
     "loop_dispatch", "max_vio", "route", "sequence_balance_loss",
 ]

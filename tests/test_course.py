@@ -13,18 +13,18 @@ import torch
 
 from dslab import accounting
 from dslab.configs import load
-from dslab.course import codec
+from dslab.course import answers
 from dslab.course.build import BuildError, build_all, build_lab, normalize, strip_solutions
 from dslab.course.check import evaluate
-from dslab.course.exercises import Case, compare_close, compare_exact, exercises, find, lab_modules
+from dslab.course.exercises import Case, compare_close, compare_exact, exercises, find, lab_modules, notebook_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------------ registry
-def test_every_lab_module_names_a_solution_notebook_and_valid_exercises():
+def test_every_lab_package_names_a_solution_notebook_and_valid_exercises():
     for lab, module in lab_modules().items():
-        assert (ROOT / "solutions" / f"{module.NOTEBOOK}.ipynb").exists()
+        assert (ROOT / "solutions" / f"{notebook_of(lab)}.ipynb").exists()
         ids = [ex.id for ex in module.EXERCISES]
         assert len(ids) == len(set(ids)) >= 3 and all(i.startswith(f"{lab}.") for i in ids)
 
@@ -36,10 +36,11 @@ def test_reference_passes_public_cases_and_hidden_cases_are_plain_varied_data(ex
     assert len(a) >= 3 and len({c.label for c in a}) == len(a) and [c.label for c in a] == [c.label for c in b]
     for case in a:  # what crosses to the learner's kernel, and back, must survive the grader's codec
         expected = exercise.reference(*case.args)
-        assert exercise.compare(expected, exercise.reference(*codec.loads(codec.dumps(case.args)))) is None
-        assert exercise.compare(expected, codec.loads(codec.dumps(expected))) is None
-    assert codec.dumps([c.args for c in a]) != codec.dumps([c.args for c in b])
-    assert codec.dumps([c.args for c in a]) == codec.dumps([c.args for c in exercise.hidden_cases(random.Random(1))])
+        assert exercise.compare(expected, exercise.reference(*answers.from_json(answers.to_json(case.args)))) is None
+        assert exercise.compare(expected, answers.from_json(answers.to_json(expected))) is None
+    assert answers.to_json([c.args for c in a]) != answers.to_json([c.args for c in b])
+    again = exercise.hidden_cases(random.Random(1))
+    assert answers.to_json([c.args for c in a]) == answers.to_json([c.args for c in again])
 
 
 def test_find_names_the_lab_exercises_when_unknown():
@@ -93,7 +94,7 @@ def test_check_stops_a_runaway_answer():
                                    {"a": torch.arange(6).view(2, 3)}, torch.randn(2, 2, dtype=torch.float64),
                                    load("tiny-mla")])
 def test_codec_round_trip(value):
-    back = codec.loads(codec.dumps(value))
+    back = answers.from_json(answers.to_json(value))
     if isinstance(value, float) and value != value:
         assert back != back
     elif isinstance(value, dict):
@@ -106,9 +107,9 @@ def test_codec_round_trip(value):
 
 def test_codec_refuses_objects():
     with pytest.raises(TypeError):
-        codec.dumps(object())
+        answers.to_json(object())
     with pytest.raises(TypeError):
-        codec.loads('{"__pickle__": "x"}')
+        answers.from_json('{"__pickle__": "x"}')
 
 
 def test_compare_helpers():

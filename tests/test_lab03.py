@@ -8,22 +8,23 @@ import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
-from lab_helpers import hidden_verdict
+from lab_helpers import apply_rotary_emb_half, hidden_verdict
 
 from dslab import mla
-from dslab.course import codec
+from dslab.course import answers
 from dslab.course.build import build_lab
 from dslab.course.check import run_cases
-from dslab.course.labs import lab03_mla
-from dslab.nn import apply_rotary_emb_half, precompute_freqs_cis
+from dslab.labs import lab03_mla
+from dslab.labs.lab03_mla import exercises as lab03_exercises
+from dslab.nn import rotary_freqs
 
-EXERCISES = {ex.id: ex for ex in lab03_mla.EXERCISES}
+EXERCISES = {ex.id: ex for ex in lab03_exercises.EXERCISES}
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_exercise_registry():
     assert lab03_mla.NOTEBOOK == "03_mla"
-    assert [(e.id, e.target, e.points) for e in lab03_mla.EXERCISES] == [
+    assert [(e.id, e.target, e.points) for e in lab03_exercises.EXERCISES] == [
         ("03.kv_bytes", "kv_cache_bytes", 2), ("03.latent_cache", "latent_cache_step", 2),
         ("03.absorb", "absorbed_attention", 3)]
 
@@ -43,18 +44,18 @@ def kv_bytes_all_query_heads(args, n_tokens, bits):  # GQA/MQA counted as MHA
 def cache_step_without_norm(x, wkv_a, w, start_pos):
     d_c = w.shape[0]
     kv = F.linear(x, wkv_a)
-    _, k_pe = mla.latent_cache_step_at(x, wkv_a, w, start_pos)
+    _, k_pe = lab03_exercises.latent_cache_at(x, wkv_a, w, start_pos)
     return kv[..., :d_c] * w, k_pe
 
 
 def cache_step_ignoring_positions(x, wkv_a, w, start_pos):
-    return mla.latent_cache_step_at(x, wkv_a, w, 0)
+    return lab03_exercises.latent_cache_at(x, wkv_a, w, 0)
 
 
 def cache_step_rotate_half(x, wkv_a, w, start_pos):  # HF's layout without de-interleaving the weights
-    c_kv, _ = mla.latent_cache_step_at(x, wkv_a, w, start_pos)
+    c_kv, _ = lab03_exercises.latent_cache_at(x, wkv_a, w, start_pos)
     k = F.linear(x, wkv_a[w.shape[0]:]).unsqueeze(2)
-    freqs = precompute_freqs_cis(k.shape[-1], start_pos + x.shape[1])[start_pos:]
+    freqs = rotary_freqs(k.shape[-1], start_pos + x.shape[1])[start_pos:]
     return c_kv, apply_rotary_emb_half(k, freqs).squeeze(2)
 
 
@@ -91,9 +92,9 @@ def test_wrong_answers_fail_public_and_hidden_cases(ex_id, wrong):
 
 
 def test_hard_coded_public_answers_fail_hidden_cases():
-    for ex in lab03_mla.EXERCISES:
-        table = [(codec.dumps(c.args), ex.reference(*c.args)) for c in ex.public_cases()]
-        memorized = lambda *args, table=table: next(v for k, v in table if k == codec.dumps(args))
+    for ex in lab03_exercises.EXERCISES:
+        table = [(answers.to_json(c.args), ex.reference(*c.args)) for c in ex.public_cases()]
+        memorized = lambda *args, table=table: next(v for k, v in table if k == answers.to_json(args))
         assert run_cases(ex, memorized, ex.public_cases())[0] == "passed"
         assert run_cases(ex, memorized, ex.hidden_cases(random.Random(5)))[0] == "failed"
 
@@ -102,13 +103,13 @@ def test_stub_is_not_attempted():
     def stub(*args):
         raise NotImplementedError("Exercise 3.1: ...")
 
-    for ex in lab03_mla.EXERCISES:
+    for ex in lab03_exercises.EXERCISES:
         assert run_cases(ex, stub, ex.public_cases())[0] == "not-attempted"
 
 
 # ------------------------------------------------------------------------------------------------------- widget
 def test_kv_memory_defaults_are_v3():
-    from dslab.widgets.mla import kv_memory
+    from dslab.labs.lab03_mla.widgets import kv_memory
 
     numbers, fig = kv_memory()
     assert numbers["MLA KiB/token"] == round(576 * 61 * 2 / 1024, 2)  # 70,272 bytes: V3 in BF16
@@ -120,8 +121,8 @@ def test_kv_memory_defaults_are_v3():
 
 
 def test_kv_memory_explorer_reacts_to_its_controls():
+    from dslab.labs.lab03_mla.widgets import kv_memory, kv_memory_controls
     from dslab.widgets import Explorer
-    from dslab.widgets.mla import kv_memory, kv_memory_controls
 
     explorer = Explorer(kv_memory, kv_memory_controls())
     assert explorer.numbers == kv_memory()[0]
@@ -144,7 +145,7 @@ def test_solution_builds_into_a_lab_with_one_stub_per_exercise():
     path = ROOT / "solutions" / "03_mla.ipynb"
     lab = build_lab(nbformat.read(path, as_version=4), "03_mla")
     source = "\n".join(c.source for c in lab.cells if c.cell_type == "code")
-    for ex in lab03_mla.EXERCISES:
+    for ex in lab03_exercises.EXERCISES:
         assert source.count(f"def {ex.target}(") == 1
         assert source.count(ex.stub_message) == 1 and "### BEGIN SOLUTION" not in source
         assert f'dslab.check("{ex.id}", {ex.target})' in source

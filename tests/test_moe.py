@@ -9,7 +9,6 @@ from dslab import moe as M
 from dslab.configs import ModelArgs
 from dslab.moe import (
     Gate,
-    LoadStats,
     MoE,
     bias_update,
     expert_balance_loss,
@@ -189,18 +188,12 @@ def test_moe_aux_loss_modes():
         assert moe.gate.weight.grad is not None
 
 
-def test_max_vio_and_load_stats():
+def test_max_vio_and_expert_load():
     assert max_vio(torch.tensor([2, 2, 2, 2])) == 0.0
     assert max_vio(torch.tensor([4, 0, 0, 0])) == pytest.approx(3.0)
     assert max_vio(torch.tensor([3, 1, 1, 3])) == pytest.approx(0.5)
     assert torch.equal(expert_load(torch.tensor([[0, 1], [1, 3]]), 4), torch.tensor([1, 2, 0, 1]))
-    stats = LoadStats(4)
-    assert stats.update(torch.tensor([4, 0, 0, 0])) == pytest.approx(3.0)
-    stats.update(torch.tensor([0, 4, 4, 4]))
-    assert stats.history == pytest.approx([3.0, 1 / 3]) and stats.batch_max_vio == pytest.approx(1 / 3)
-    assert stats.max_vio == 0.0 and stats.total_load.tolist() == [4, 4, 4, 4]
-    stats.reset()
-    assert stats.history == [] and stats.total_load.sum() == 0
+    assert max_vio(torch.tensor([4, 0, 0, 0]) + torch.tensor([0, 4, 4, 4])) == 0.0  # loads add up before MaxVio
     with pytest.raises(ValueError, match="load"):
         max_vio(torch.zeros(4))
 
@@ -304,7 +297,7 @@ def test_route_rejects_bad_arguments(kwargs, match):
     call = dict(scores_or_logits=torch.randn(4, 8), bias=None, top_k=2, n_groups=1, topk_groups=1, score_func="sigmoid",
                 route_scale=1.0)
     call.update(kwargs)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         route(**call)
 
 
@@ -339,7 +332,7 @@ def _train_router(gamma: float, steps: int = 60) -> float:
     moe, mu, teacher = MoE(_args(moe_inter_dim=8)), torch.randn(16), torch.randn(16, 16) / 4
     with torch.no_grad():
         moe.gate.weight[:2] += 1.5 * mu / mu.dot(mu)  # +1.5 on the logits of experts 0 and 1 for the mean token
-    opt, stats = torch.optim.Adam(moe.parameters(), lr=1e-2), LoadStats(8)
+    opt, total = torch.optim.Adam(moe.parameters(), lr=1e-2), torch.zeros(8, dtype=torch.long)
     for step in range(steps):
         x = mu + 0.5 * torch.randn(64, 16)
         loss = (moe(x) - torch.tanh(x @ teacher)).pow(2).mean()
@@ -349,8 +342,8 @@ def _train_router(gamma: float, steps: int = 60) -> float:
         if gamma:
             moe.update_bias(gamma)
         if step >= 2 * steps // 3:
-            stats.update(moe.last_load)
-    return stats.max_vio
+            total += moe.last_load
+    return max_vio(total)
 
 
 def test_aux_loss_free_balancing_lowers_max_vio():
@@ -359,5 +352,13 @@ def test_aux_loss_free_balancing_lowers_max_vio():
     assert balanced < 0.5, (balanced, unbalanced)
 
 
-def test_public_names():
-    assert {"route", "bias_update", "max_vio", "Gate", "MoE", "LoadStats"} <= set(M.__all__)
+def test_public_names_stay_importable_and_are_the_real_things():
+    """Other code checks against these names (DEVELOPERS.md); they must resolve to the implementations, not stubs."""
+    from dslab import configs, dispatch
+
+    assert {"route", "bias_update", "max_vio", "sequence_balance_loss", "Gate", "MoE", "ModelArgs"} <= set(M.__all__)
+    assert M.ModelArgs is configs.ModelArgs and M.grouped_dispatch is dispatch.grouped_dispatch
+    assert M.max_vio(torch.tensor([6, 2])) == pytest.approx(0.5)
+    assert torch.equal(M.bias_update(torch.zeros(2), torch.tensor([6, 2]), 0.1), torch.tensor([-0.1, 0.1]))
+    w, i = M.route(torch.tensor([[0.0, 3.0, -3.0]]), None, 1)
+    assert i.tolist() == [[1]] and w.tolist() == [[1.0]]

@@ -4,20 +4,10 @@ import math
 
 import pytest
 import torch
+from lab_helpers import apply_rotary_emb_half, deinterleave, rotate_half
 
 from dslab.configs import ModelArgs
-from dslab.nn import (
-    MLP,
-    RMSNorm,
-    apply_rotary_emb,
-    apply_rotary_emb_half,
-    deinterleave,
-    precompute_freqs_cis,
-    rope_freqs_cis,
-    rotate_half,
-    yarn_mscale,
-    yarn_ramp,
-)
+from dslab.nn import MLP, RMSNorm, apply_rotary_emb, precompute_freqs_cis, rotary_freqs, yarn_mscale, yarn_ramp
 
 
 def test_rmsnorm_unit_rms_and_weight():
@@ -48,11 +38,11 @@ def test_mlp_shape_and_params():
 
 
 def test_freqs_cis_shape_and_odd_dim():
-    f = precompute_freqs_cis(8, 5)
+    f = rotary_freqs(8, 5)
     assert f.shape == (5, 4) and f.dtype == torch.complex64
     torch.testing.assert_close(f.abs(), torch.ones(5, 4))
     with pytest.raises(ValueError, match="even"):
-        precompute_freqs_cis(7, 5)
+        rotary_freqs(7, 5)
     with pytest.raises(ValueError, match="even"):
         apply_rotary_emb(torch.randn(1, 5, 1, 7), f)
     with pytest.raises(ValueError, match="freqs_cis"):
@@ -61,7 +51,7 @@ def test_freqs_cis_shape_and_odd_dim():
 
 def test_rope_scores_depend_only_on_position_difference():
     dim, n = 16, 32
-    freqs = precompute_freqs_cis(dim, n)
+    freqs = rotary_freqs(dim, n)
     q, k = torch.randn(dim, dtype=torch.float64), torch.randn(dim, dtype=torch.float64)
     rot = lambda v, m: apply_rotary_emb(v.view(1, 1, 1, dim), freqs[m:m + 1]).flatten()
     for delta in (0, 3, 11):
@@ -72,7 +62,7 @@ def test_rope_scores_depend_only_on_position_difference():
 
 def test_rotate_half_on_deinterleaved_dims_matches_adjacent_pairs():
     b, s, h, d = 2, 6, 3, 8
-    freqs = precompute_freqs_cis(d, s)
+    freqs = rotary_freqs(d, s)
     q, k = torch.randn(b, s, h, d), torch.randn(b, s, h, d)
     qa, ka = apply_rotary_emb(q, freqs), apply_rotary_emb(k, freqs)
     qh, kh = apply_rotary_emb_half(deinterleave(q), freqs), apply_rotary_emb_half(deinterleave(k), freqs)
@@ -95,20 +85,20 @@ def test_yarn_mscale_v3_and_v2_lite():
 
 def test_yarn_frequencies_v3():
     """V3's rope dims (64, θ=10^4, 4096 → factor 40): pairs 0-10 keep θ_j, pairs 23+ get θ_j/40, a ramp between."""
-    base = precompute_freqs_cis(64, 2)[1].angle()
-    yarn = precompute_freqs_cis(64, 2, factor=40, original_seq_len=4096, beta_fast=32, beta_slow=1)[1].angle()
+    base = rotary_freqs(64, 2)[1].angle()
+    yarn = rotary_freqs(64, 2, factor=40, original_seq_len=4096, beta_fast=32, beta_slow=1)[1].angle()
     ratio = yarn / base
     torch.testing.assert_close(ratio[:11], torch.ones(11))
     torch.testing.assert_close(ratio[23:], torch.full((9,), 1 / 40))
     assert torch.all(ratio[11:23] < 1) and torch.all(ratio[11:23] > 1 / 40) and torch.all(ratio.diff() <= 1e-6)
     ramp = yarn_ramp(64, 10000.0, 4096, 32, 1)
     assert ramp[10] == 0 and ramp[23] == 1
-    # rope_freqs_cis turns YaRN on only when max_seq_len > original_seq_len, like the official code
+    # precompute_freqs_cis(args) turns YaRN on only when max_seq_len > original_seq_len, like the official code
     args = ModelArgs(qk_rope_head_dim=64, max_seq_len=16384, original_seq_len=4096, rope_factor=40)
-    torch.testing.assert_close(rope_freqs_cis(args)[1].angle(), yarn)
+    torch.testing.assert_close(precompute_freqs_cis(args)[1].angle(), yarn)
     short = args.replace(max_seq_len=4096)
-    torch.testing.assert_close(rope_freqs_cis(short), precompute_freqs_cis(64, 4096))
+    torch.testing.assert_close(precompute_freqs_cis(short), rotary_freqs(64, 4096))
     with pytest.raises(ValueError, match="beta_fast"):
         yarn_ramp(64, 10000.0, 4096, 1, 32)
-    assert math.isclose(precompute_freqs_cis(8, 3, factor=1.0, original_seq_len=2)[2, 0].angle().item(), 2.0,
+    assert math.isclose(rotary_freqs(8, 3, factor=1.0, original_seq_len=2)[2, 0].angle().item(), 2.0,
                         rel_tol=1e-6)

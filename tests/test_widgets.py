@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dslab.labs.lab00_by_the_numbers.widgets import config_explorer, config_explorer_widget
 from dslab.widgets import explore
-from dslab.widgets.by_the_numbers import config_explorer, config_explorer_widget
 
 
 def test_config_explorer_defaults_are_deepseek_v3():

@@ -19,7 +19,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from dslab.bench import Result, paired_ratios, timeit
 from dslab.configs import ModelArgs
-from dslab.moe import CPU_BLOCK_BYTES, MoE, _torch_grouped_mm_ok, max_vio
+from dslab.dispatch import CPU_BLOCK_BYTES, uses_torch_grouped_mm
+from dslab.moe import MoE, max_vio
 from dslab.nn import MLP
 
 DIM, EXPERT_HIDDEN, N_ROUTED, TOP_K, N_SHARED = 512, 128, 64, 6, 1
@@ -62,7 +63,7 @@ def run(quick: bool = False) -> Result:
         "shape": f"d={DIM}, {N_ROUTED} routed top-{TOP_K} + {N_SHARED} shared, expert hidden {EXPERT_HIDDEN}; "
                  f"dense hidden {(TOP_K + N_SHARED) * EXPERT_HIDDEN}",
         "implementation": f"grouped dispatch: sort by expert, blocks of <= {CPU_BLOCK_BYTES >> 20} MiB of rows, "
-                          f"torch._grouped_mm={_torch_grouped_mm_ok(x, moe.experts.w1)}, hand-written backward",
+                          f"torch._grouped_mm={uses_torch_grouped_mm(x, moe.experts.w1)}, hand-written backward",
         "ratio_rounds": f"median of {rounds}, range {min(ratios):.2f}-{max(ratios):.2f}",
         "moe_ms": round(ms["moe"], 1),
         "dense_ms": round(ms["dense"], 1),

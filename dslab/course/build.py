@@ -98,7 +98,8 @@ def build_lab(solution: nbformat.NotebookNode, stem: str) -> nbformat.NotebookNo
     return nb
 
 
-def dumps(nb: nbformat.NotebookNode) -> str:
+def notebook_text(nb: nbformat.NotebookNode) -> str:
+    """A notebook as committed: nbformat's JSON plus a final newline."""
     return nbformat.writes(nb) + "\n"
 
 
@@ -108,9 +109,9 @@ def build_all(solutions: Path, labs: Path, check: bool = False) -> list[str]:
     sources = sorted(solutions.glob("*.ipynb"))
     for path in sources:
         sol = nbformat.read(path, as_version=4)
-        if dumps(normalize(sol, "solution", path.stem)) != path.read_text(encoding="utf-8"):
+        if notebook_text(normalize(sol, "solution", path.stem)) != path.read_text(encoding="utf-8"):
             problems.append(f"{path}: not normalized (run `make solutions` or `python -m dslab build --normalize`)")
-        text = dumps(build_lab(sol, path.stem))
+        text = notebook_text(build_lab(sol, path.stem))
         target = labs / path.name
         if check:
             if not target.exists() or target.read_text(encoding="utf-8") != text:
@@ -127,7 +128,7 @@ def normalize_all(solutions: Path) -> list[Path]:
     """Rewrite solution notebooks in normalized form; returns those that changed."""
     changed = []
     for path in sorted(solutions.glob("*.ipynb")):
-        text = dumps(normalize(nbformat.read(path, as_version=4), "solution", path.stem))
+        text = notebook_text(normalize(nbformat.read(path, as_version=4), "solution", path.stem))
         if text != path.read_text(encoding="utf-8"):
             path.write_text(text, encoding="utf-8")
             changed.append(path)

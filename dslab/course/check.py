@@ -4,29 +4,31 @@ from __future__ import annotations
 
 import html
 
+from dslab.course.answers import call, from_json, judge, to_json
 from dslab.course.exercises import Exercise, find
-from dslab.course.limits import CallTimeout, time_limit
 
 MIME = "application/vnd.dslab.check+json"
 CALL_SECONDS = 5.0  # a public case is tiny; anything slower is a runaway loop, not a slow laptop
 
 
 def run_cases(ex: Exercise, answer, cases) -> tuple[str, str]:
-    """Run ``answer`` on ``cases`` -> (status, message); status is passed, failed or not-attempted."""
+    """Run ``answer`` on ``cases`` -> (status, message); status is passed, failed or not-attempted.
+
+    Each answer goes through the grader's codec and comparison (``dslab.course.answers``), so the verdict here is the
+    one the grader would give on the same case.
+    """
     for case in cases:
-        expected = ex.reference(*case.args)
-        try:
-            with time_limit(CALL_SECONDS):
-                got = answer(*case.args)
-        except NotImplementedError as e:
-            return "not-attempted", f"not attempted yet ({e or 'the stub still raises NotImplementedError'})"
-        except CallTimeout as e:
-            return "failed", f"case '{case.label}' {e}"
-        except Exception as e:  # noqa: BLE001 - any learner error is feedback, not a crash
-            return "failed", f"case '{case.label}' raised {type(e).__name__}: {e}"
-        if (diff := ex.compare(expected, got)) is not None:
-            hint = f" Hint: {ex.hint}" if ex.hint else ""
-            return "failed", f"case '{case.label}': {diff}.{hint}"
+        result = call(answer, from_json(to_json(case.args)), CALL_SECONDS)  # a fresh copy, as the grader sends
+        if result.get("error") == "NotImplementedError":
+            why = result["message"] or "the stub still raises NotImplementedError"
+            return "not-attempted", f"not attempted yet ({why})"
+        if result.get("error") == "Timeout":
+            return "failed", f"case '{case.label}' {result['message']}"
+        if "error" in result:
+            return "failed", f"case '{case.label}' raised {result['error']}: {result['message']}"
+        if (diff := judge(ex, case, result)) is not None:
+            hint = ex.hint_for(case, result["value"])
+            return "failed", f"case '{case.label}': {diff}." + (f" Hint: {hint}" if hint else "")
     return "passed", f"public checks passed ({len(cases)} cases); hidden cases are graded separately"
 
 
@@ -43,10 +45,8 @@ def evaluate(exercise_id: str, answer) -> tuple[str, str]:
         return "failed", f"{head}: expected a function such as {ex.target}, got {type(answer).__name__}"
     try:
         status, msg = run_cases(ex, answer, ex.public_cases())
-    except BaseException as e:  # noqa: BLE001 - SystemExit from learner code must not end the kernel here
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        status, msg = "failed", f"{type(e).__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 - learner errors are caught per call; this is a bad registry entry
+        status, msg = "error", f"{type(e).__name__}: {e}"
     return status, f"{head}: {msg}"
 
 

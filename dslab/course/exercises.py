@@ -1,9 +1,10 @@
-"""Exercises: what a learner implements, how it is checked, and where each lab's exercises are registered.
+"""Exercises: what a learner implements, how an answer is compared, and where each lab's exercises are registered.
 
-Each lab has one module ``dslab/course/labs/labNN_<slug>.py`` defining ``NOTEBOOK`` (the notebook's stem) and
-``EXERCISES`` (a list of ``Exercise``). An exercise names the function the learner writes (``target``), a reference
-implementation from ``dslab``, public cases (shown by ``dslab.check``) and a generator of hidden cases that the grader
-draws afresh at grading time.
+Each lab's package ``dslab/labs/labNN_<slug>/`` names its notebook (``NOTEBOOK`` in ``__init__.py``) and lists its
+exercises in ``exercises.py`` (``EXERCISES``, in the notebook's order). An exercise names the function the learner
+writes (``target``), a reference implementation, public cases (``dslab.check``) and a generator of hidden cases the
+grader draws afresh at grading time, plus the known wrong answers (``Mistake``) whose hints feedback shows, and the
+reference callables a submission may not delegate to (``forbidden``, dotted names the grader watches for).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def compare_exact(expected: Any, got: Any) -> str | None:
 
 
 def compare_close(expected: Any, got: Any, rtol: float = 1e-5, atol: float = 1e-6) -> str | None:
-    """Numbers or tensors (or tuples of them) equal within tolerance; None when they are."""
+    """Numbers or tensors (or tuples of them) equal within tolerance; None when they are.
+
+    A tensor that differs is described by where: the index of the worst element, what it should be, what it is.
+    """
     if isinstance(expected, tuple):
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
             return f"expected a tuple of {len(expected)} values, got {type(got).__name__}"
@@ -45,14 +49,9 @@ def compare_close(expected: Any, got: Any, rtol: float = 1e-5, atol: float = 1e-
                 return f"item {i}: {msg}"
         return None
     if isinstance(expected, torch.Tensor):
-        if not isinstance(got, torch.Tensor):
-            return f"expected a tensor of shape {tuple(expected.shape)}, got {type(got).__name__}"
-        if got.shape != expected.shape:
-            return f"expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
-        if not torch.allclose(got.to(expected.dtype), expected, rtol=rtol, atol=atol, equal_nan=False):
-            err = (got.to(expected.dtype) - expected).abs().max().item()
-            return f"values differ (max abs error {err:.3g})"
-        return None
+        return _compare_tensors(expected, got, rtol, atol)
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and not isinstance(expected, bool):
+        got = got.item()
     if isinstance(got, bool) or not isinstance(got, (int, float)):
         return f"expected a number, got {type(got).__name__}"
     if abs(got - expected) <= atol + rtol * abs(expected):
@@ -60,9 +59,42 @@ def compare_close(expected: Any, got: Any, rtol: float = 1e-5, atol: float = 1e-
     return f"expected {expected:,.6g}, got {got:,.6g}"
 
 
+def _compare_tensors(expected: torch.Tensor, got: Any, rtol: float, atol: float) -> str | None:
+    if not isinstance(got, torch.Tensor):
+        return f"expected a tensor of shape {tuple(expected.shape)}, got {type(got).__name__}"
+    if got.shape != expected.shape:
+        return f"expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+    if got.is_complex() != expected.is_complex():
+        return f"expected a {expected.dtype} tensor, got {got.dtype}"
+    g = got.to(expected.dtype) if expected.is_floating_point() else got
+    if expected.is_floating_point() and torch.allclose(g, expected, rtol=rtol, atol=atol):
+        return None
+    if not expected.is_floating_point() and torch.equal(g.to(expected.dtype), expected):
+        return None
+    excess = ((g.double() - expected.double()).abs() - rtol * expected.double().abs()).nan_to_num(float("inf"))
+    where = tuple(int(i) for i in torch.unravel_index(excess.flatten().argmax(), expected.shape))
+    index = ", ".join(map(str, where))
+    return f"at [{index}] expected {expected[where].item():.6g}, got {got[where].item():.6g}"
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A known wrong answer: ``fn`` computes what the mistake returns; feedback shows ``hint`` when an answer matches
+    it. Each mistake gets its own test (the model: tests/test_lab03.py)."""
+
+    name: str
+    fn: Callable[..., Any]
+    hint: str
+
+
 @dataclass(frozen=True)
 class Exercise:
-    """A graded exercise. ``id`` is "<lab>.<name>" (e.g. "00.mla_params"); ``number`` is "N.M" as in the notebook."""
+    """A graded exercise. ``id`` is "<lab>.<name>" (e.g. "00.mla_params"); ``number`` is "N.M" as in the notebook.
+
+    kind: "implement" (from the paper's equation), "predict" (compute a number before the notebook measures it) or
+    "debug" (repair a plausible wrong version). forbidden: dotted names of callables an answer may not call (the
+    reference and the components it wraps); other package helpers stay allowed.
+    """
 
     id: str
     number: str
@@ -74,6 +106,13 @@ class Exercise:
     points: int = 1
     hint: str = ""
     compare: Callable[[Any, Any], str | None] = field(default=compare_exact)
+    kind: str = "implement"
+    mistakes: tuple[Mistake, ...] = ()
+    forbidden: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in ("implement", "predict", "debug"):
+            raise ValueError(f"Exercise.kind must be implement, predict or debug, got {self.kind!r}")
 
     @property
     def lab(self) -> str:
@@ -83,24 +122,52 @@ class Exercise:
     def stub_message(self) -> str:
         return f"Exercise {self.number}: {self.task}"
 
+    def hint_for(self, case: Case, answer_json: str | None) -> str:
+        """The hint of the known mistake this (encoded) answer matches on ``case``, else the general hint."""
+        from dslab.course.answers import from_json
+
+        try:
+            got = from_json(answer_json)
+            for m in self.mistakes:
+                if self.compare(m.fn(*case.args), got) is None:
+                    return m.hint
+        except Exception:  # noqa: BLE001 - a hint is a courtesy; an odd answer just gets the general one
+            pass
+        return self.hint
+
+
+def lab_packages() -> dict[str, Any]:
+    """Lab id ("00") -> its package ``dslab.labs.labNN_<slug>``, for every lab package."""
+    from dslab import labs
+
+    return {info.name[3:5]: importlib.import_module(f"dslab.labs.{info.name}")
+            for info in pkgutil.iter_modules(labs.__path__)
+            if info.ispkg and info.name.startswith("lab") and info.name[3:5].isdigit()}
+
 
 def lab_modules() -> dict[str, Any]:
-    """Lab id ("00") -> its exercise module, for every module in ``dslab.course.labs``."""
-    from dslab.course import labs
-
+    """Lab id -> its exercise module (``dslab.labs.labNN_<slug>.exercises``) for every lab that has one."""
     found = {}
-    for info in pkgutil.iter_modules(labs.__path__):
-        if info.name.startswith("lab") and info.name[3:5].isdigit():
-            found[info.name[3:5]] = importlib.import_module(f"dslab.course.labs.{info.name}")
+    for lab, package in lab_packages().items():
+        try:
+            found[lab] = importlib.import_module(f"{package.__name__}.exercises")
+        except ModuleNotFoundError as e:
+            if e.name != f"{package.__name__}.exercises":
+                raise
     return found
+
+
+def notebook_of(lab: str) -> str:
+    """The notebook stem of lab ``lab`` ("01" -> "01_moe")."""
+    packages = lab_packages()
+    if lab not in packages:
+        raise ValueError(f"unknown lab {lab!r}; labs: {', '.join(sorted(packages)) or 'none'}")
+    return packages[lab].NOTEBOOK
 
 
 def lab_for_notebook(stem: str) -> str | None:
     """The lab id whose NOTEBOOK is ``stem`` ("00_by_the_numbers" -> "00"), else None."""
-    for lab, module in lab_modules().items():
-        if module.NOTEBOOK == stem:
-            return lab
-    return None
+    return next((lab for lab, p in lab_packages().items() if p.NOTEBOOK == stem), None)
 
 
 def exercises(lab: str) -> list[Exercise]:

@@ -26,13 +26,17 @@ from pathlib import Path
 import nbformat
 
 from dslab import __version__
-from dslab.course import codec
+from dslab.course import answers as A
 from dslab.course.exercises import Exercise, exercises, lab_for_notebook, lab_modules
 
 COLLECT_SOURCE = (
     "# dslab grading: answers the hidden cases; the verdict is computed outside this kernel\n"
-    "from dslab.course.collect import collect as _dslab_collect\n"
-    "_dslab_collect(globals())"
+    "import json as _j, os as _o\n"
+    "from dslab.course.answers import answer_all as _dslab_answer_all\n"
+    "with open(_o.environ['DSLAB_GRADE_INPUTS']) as _f:\n"
+    "    _dslab_request = _j.load(_f)\n"
+    "with open(_o.environ['DSLAB_GRADE_OUTPUTS'], 'w') as _f:\n"
+    "    _j.dump(_dslab_answer_all(globals(), _dslab_request, 20.0), _f)"
 )
 _ASSIGN = {name: re.compile(rf"^{name}\s*(:[^=]*)?=", re.M) for name in ("SEED", "FAST")}
 
@@ -125,10 +129,7 @@ def score(exs: list[Exercise], cases: dict, answers: dict, why_missing: str) -> 
                     err = "not implemented" if res["error"] == "NotImplementedError" else res["error"]
                     message = message or f"case '{case.label}': {err}: {res['message']}"
                     continue
-                try:
-                    diff = ex.compare(ex.reference(*case.args), codec.loads(res["value"]))
-                except Exception as e:  # noqa: BLE001 - an undecodable answer is a wrong answer
-                    diff = f"unreadable answer ({type(e).__name__})"
+                diff = A.judge(ex, case, res)
                 if diff is None:
                     passed += 1
                 else:
@@ -210,8 +211,8 @@ def grade_notebook(nb: nbformat.NotebookNode, lab: str, work: Path, executed: Pa
                    limits: Limits) -> dict:
     exs = exercises(lab)
     cases = draw_cases(exs, grading_seed)
-    request = {"exercises": [{"id": ex.id, "target": ex.target, "cases": [codec.dumps(c.args) for c in cases[ex.id]]}
-                             for ex in exs]}
+    request = {"exercises": [{"id": ex.id, "target": ex.target, "cases": [A.to_json(c.args) for c in cases[ex.id]],
+                              "forbidden": list(ex.forbidden)} for ex in exs]}
     (work / "inputs.json").write_text(json.dumps(request), encoding="utf-8")
     prepared, problems = prepare(nb), []
     for attempt in range(limits.retries + 1):

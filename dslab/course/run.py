@@ -11,11 +11,11 @@ from pathlib import Path
 
 import nbformat
 
-from dslab.course.build import dumps, normalize
-from dslab.course.results import collect
+from dslab.course.build import normalize, notebook_text
+from dslab.course.notebook import read_records
 
 
-def execute(path: Path, dst: Path, params: dict, cell_timeout: int = 1800) -> tuple[str, float, dict]:
+def run_notebook(path: Path, dst: Path, params: dict, cell_timeout: int = 1800) -> tuple[str, float, dict]:
     """Run one notebook -> (status, seconds, recorded numbers)."""
     import papermill
 
@@ -27,7 +27,7 @@ def execute(path: Path, dst: Path, params: dict, cell_timeout: int = 1800) -> tu
     except Exception as e:  # noqa: BLE001 - report and go on to the next lab
         status = f"FAILED ({type(e).__name__}: {str(e).strip().splitlines()[-1][:120] if str(e).strip() else ''})"
     seconds = time.perf_counter() - t0
-    numbers = collect(nbformat.read(dst, as_version=4)) if dst.exists() else {}
+    numbers = read_records(nbformat.read(dst, as_version=4)) if dst.exists() else {}
     return status, seconds, numbers
 
 
@@ -41,11 +41,11 @@ def run(solutions: Path, out: Path, names: list[str], fast: bool | None, update:
     failures = 0
     for path in paths:
         dst = out / path.name
-        status, seconds, numbers = execute(path, dst, params)
+        status, seconds, numbers = run_notebook(path, dst, params)
         failures += status != "ok"
         summary = ", ".join(f"{k}={v:,.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items())
         print(f"{path.stem:<24} {status:<6} {seconds:6.1f}s  {summary}", flush=True)
         if update and status == "ok":
             nb = normalize(nbformat.read(dst, as_version=4), "solution", path.stem)
-            path.write_text(dumps(nb), encoding="utf-8")
+            path.write_text(notebook_text(nb), encoding="utf-8")
     return 1 if failures else 0

@@ -1,4 +1,4 @@
-"""Load-balancing experiments for lab 01: train the tiny MoE language model three ways and measure expert load.
+"""Lab 01's experiment harnesses: train the tiny MoE language model three ways and measure expert load.
 
 The three ways (DeepSeek-V3 §2.1.2):
 
@@ -18,12 +18,11 @@ import time
 from dataclasses import dataclass, field, replace
 
 import torch
-from torch import nn
 
 from dslab.configs import ModelArgs
 from dslab.data import CharTokenizer, get_batch
 from dslab.model import Transformer
-from dslab.moe import MoE, bias_update, expert_load, max_vio, sequence_balance_loss
+from dslab.moe import MoE, expert_load, max_vio, sequence_balance_loss
 from dslab.train import TrainConfig, train_lm
 
 CHAR_CLASSES = ("digit", "letter", "space", "punct")
@@ -43,13 +42,13 @@ class Method:
 class RunResult:
     """What one training run leaves behind.
 
-    loads: [steps, layers, E] tokens per expert of each training batch; max_vio: [steps, layers] their MaxVio;
+    loads: [steps, layers, E] tokens per expert of each training batch; vio: [steps, layers] their MaxVio;
     history: ``train_lm``'s rows; val_loss: the last validation loss; model: the trained model (eval mode).
     """
 
     method: Method
     loads: torch.Tensor
-    max_vio: torch.Tensor
+    vio: torch.Tensor
     history: list[dict]
     val_loss: float
     seconds: float
@@ -57,49 +56,38 @@ class RunResult:
 
     def final_max_vio(self, last_fraction: float = 0.25) -> float:
         """MaxVio averaged over layers and over the last ``last_fraction`` of the steps (the "settled" value)."""
-        n = max(1, round(self.max_vio.shape[0] * last_fraction))
-        return float(self.max_vio[-n:].mean())
+        n = max(1, round(self.vio.shape[0] * last_fraction))
+        return float(self.vio[-n:].mean())
 
 
 def build_model(args: ModelArgs, method: Method, dispatch: str = "grouped", seed: int = 0) -> Transformer:
-    """A freshly initialised ``Transformer(args)`` (same weights for every method at the same seed) set up for
-    ``method``: each MoE layer gets its dispatch, balance loss and α."""
+    """A freshly initialised ``Transformer(args)`` (same weights for every method at the same seed) whose MoE layers
+    use ``dispatch`` and ``method``'s balance loss and α."""
     torch.manual_seed(seed)
-    model = Transformer(args)
-    for moe in model.moe_layers():
-        moe.dispatch, moe.balance_loss = dispatch, method.balance_loss
-        moe.alpha = method.alpha
-    return model
-
-
-def _aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """Σ over MoE layers of the balance loss their last forward stored (None when no layer has one)."""
-    losses = [m.aux_loss for m in model.moe_layers() if m.aux_loss is not None]
-    return torch.stack(losses).sum() if losses else None
+    options = {"dispatch": dispatch, "balance_loss": method.balance_loss}
+    if method.balance_loss:
+        options["alpha"] = method.alpha
+    return Transformer(args, moe_options=options)
 
 
 def train_method(method: Method, args: ModelArgs, train_ids: torch.Tensor, val_ids: torch.Tensor,
                  cfg: TrainConfig, dispatch: str = "grouped", seed: int = 0) -> RunResult:
     """Train the tiny MoE LM with ``method``; record every training batch's expert load per MoE layer.
 
-    The bias update uses the training batch's own load (``last_load``, read right after the optimizer step, before
-    any evaluation), as V3 monitors "the expert load on the whole batch of each training step".
+    The bias update (``Transformer.update_bias``) uses the load of the step's whole training batch, as V3 monitors
+    "the expert load on the whole batch of each training step"; evaluation batches never count.
     """
     model = build_model(args, method, dispatch, seed)
     layers: list[MoE] = model.moe_layers()
     loads: list[torch.Tensor] = []
 
-    def after_step(m: nn.Module, step: int) -> dict:
-        load = torch.stack([moe.last_load.clone() for moe in layers])  # [layers, E]
+    def after_step(m: Transformer, step: int) -> dict:
+        load = torch.stack([moe.last_load.clone() for moe in layers])  # [layers, E], this step's batch
         loads.append(load)
-        if method.gamma > 0:
-            with torch.no_grad():
-                for moe in layers:
-                    moe.gate.bias.copy_(bias_update(moe.gate.bias, moe.last_load, method.gamma))
-                    moe.step_load.zero_()  # we steered with last_load; keep the module's accumulator empty
+        m.update_bias(method.gamma)  # γ = 0: the bias stays at zero
         return {"max_vio": sum(max_vio(x) for x in load) / len(layers)}
 
-    extra = _aux_loss if method.balance_loss else None
+    extra = Transformer.aux_loss if method.balance_loss else None
     start = time.perf_counter()
     history = train_lm(model, train_ids, val_ids, cfg, extra_loss=extra, after_step=after_step)
     seconds = time.perf_counter() - start
@@ -183,7 +171,7 @@ class RouterSim:
     """Per-step results of ``simulate_router`` for the three methods (each [steps] or [steps, E])."""
 
     loads: dict[str, torch.Tensor]  # method -> [steps, E] tokens per expert
-    max_vio: dict[str, torch.Tensor]  # method -> [steps]
+    vio: dict[str, torch.Tensor]  # method -> [steps] MaxVio of each batch
     drift: float  # relative change of the router weights the aux loss caused, ‖W − W0‖ / ‖W0‖
 
 

@@ -7,7 +7,7 @@ take minutes, while the router alone answers in a fraction of a second.
 from __future__ import annotations
 
 from dslab import plots
-from dslab.balancing import simulate_router
+from dslab.labs.lab01_moe.experiments import simulate_router
 
 LABELS = {"none": "no balancing", "aux": "aux loss (α)", "aux_free": "aux-loss-free (γ)"}
 
@@ -21,7 +21,7 @@ def balance_explorer(gamma: float = 0.01, alpha: float = 1.0, steps: int = 60, s
     """
     sim = simulate_router(gamma=gamma, alpha=alpha, steps=steps, seed=seed)
     tail = max(1, steps // 4)
-    numbers = {f"MaxVio, {LABELS[k]}": round(float(v[-tail:].mean()), 3) for k, v in sim.max_vio.items()}
+    numbers = {f"MaxVio, {LABELS[k]}": round(float(v[-tail:].mean()), 3) for k, v in sim.vio.items()}
     numbers["router weight change from aux loss"] = round(sim.drift, 4)
     fig, (ax1, ax2) = plots.figure(2, width=5.0, height=3.4)
     im = ax1.imshow(sim.loads["aux_free"].T.float().numpy(), aspect="auto", cmap="viridis", origin="lower")
@@ -29,7 +29,7 @@ def balance_explorer(gamma: float = 0.01, alpha: float = 1.0, steps: int = 60, s
     ax1.set_xlabel("step")
     ax1.set_ylabel("expert")
     ax1.set_title(f"load per expert, aux-loss-free, γ = {gamma:.3g}", fontsize=10)
-    for key, vio in sim.max_vio.items():
+    for key, vio in sim.vio.items():
         ax2.plot(vio.numpy(), label=LABELS[key])
     ax2.set_xlabel("step")
     ax2.set_ylabel("MaxVio (batch)")

@@ -11,8 +11,6 @@ from dslab import accounting
 from dslab.configs import ModelArgs, load
 from dslab.course.exercises import Case, Exercise, compare_close
 
-NOTEBOOK = "00_by_the_numbers"
-
 
 def _random_mla(rng: random.Random) -> ModelArgs:
     heads = rng.choice([2, 4, 8, 16, 32])

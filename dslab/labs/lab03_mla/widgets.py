@@ -7,28 +7,10 @@ import numpy as np
 
 from dslab import accounting as acc
 from dslab import plots
-from dslab.configs import ModelArgs
+from dslab.labs.lab03_mla.experiments import HEAD_DIM, ROPE_DIM, architectures
 from dslab.mla import cache_elements_per_layer
 
-HEAD_DIM, ROPE_DIM = 128, 64  # V2/V3's d_h and d^R_h
 GIB = 2**30
-
-
-def architectures(n_heads: int, n_kv_heads: int, kv_lora_rank: int, n_layers: int) -> dict[str, ModelArgs]:
-    """The four attention kinds with the same heads, width and depth (d_h = 128; MLA: d_R = 64, no MoE).
-
-    GQA's KV heads are clamped to n_heads (both are powers of two in the widget, so they divide).
-    """
-    base = dict(dim=n_heads * HEAD_DIM, n_heads=n_heads, n_layers=n_layers, n_routed_experts=0, n_shared_experts=0,
-                n_activated_experts=0, n_dense_layers=0)
-    kv = min(n_kv_heads, n_heads)
-    return {
-        "MHA": ModelArgs(name="MHA", attn="mha", head_dim=HEAD_DIM, **base),
-        f"GQA-{kv}": ModelArgs(name=f"GQA-{kv}", attn="gqa", head_dim=HEAD_DIM, n_kv_heads=kv, **base),
-        "MQA": ModelArgs(name="MQA", attn="mqa", head_dim=HEAD_DIM, **base),
-        "MLA": ModelArgs(name="MLA", attn="mla", kv_lora_rank=kv_lora_rank, qk_nope_head_dim=HEAD_DIM,
-                         qk_rope_head_dim=ROPE_DIM, v_head_dim=HEAD_DIM, q_lora_rank=0, **base),
-    }
 
 
 def kv_memory(n_heads: int = 128, n_kv_heads: int = 8, kv_lora_rank: int = 512, n_layers: int = 61, bits: int = 16,

@@ -13,8 +13,7 @@ import torch
 from dslab import accounting, mla
 from dslab.configs import ModelArgs, load
 from dslab.course.exercises import Case, Exercise, compare_close
-
-NOTEBOOK = "03_mla"
+from dslab.nn import rotary_freqs
 
 
 # --------------------------------------------------------------------------------------------- 3.1 KV-cache bytes
@@ -46,6 +45,14 @@ def _kv_bytes_hidden(rng: random.Random) -> list[Case]:
 
 
 # ------------------------------------------------------------------------------------------ 3.2 latent cache step
+def latent_cache_at(x: torch.Tensor, wkv_a: torch.Tensor, kv_norm_weight: torch.Tensor,
+                    start_pos: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mla.latent_cache_step`` for tokens at positions start_pos.. with plain RoPE (base 10000, no YaRN): the
+    exercise's signature, positions in place of the complex RoPE table so that every input is plain data."""
+    freqs_cis = rotary_freqs(wkv_a.shape[0] - kv_norm_weight.shape[0], start_pos + x.shape[1])[start_pos:]
+    return mla.latent_cache_step(x, wkv_a, kv_norm_weight, freqs_cis)
+
+
 def _cache_step_case(gen: torch.Generator, batch: int, seqlen: int, dim: int, d_c: int, d_r: int,
                      start_pos: int) -> tuple:
     x = torch.randn(batch, seqlen, dim, generator=gen)
@@ -115,7 +122,7 @@ EXERCISES = [
     Exercise(
         id="03.latent_cache", number="3.2", target="latent_cache_step", points=2,
         task="return (c_kv, k_pe): the RMS-normalized latent and the RoPE'd shared key that MLA caches for x",
-        reference=mla.latent_cache_step_at,
+        reference=latent_cache_at,
         public_cases=_cache_step_public,
         hidden_cases=_cache_step_hidden,
         compare=lambda e, g: compare_close(e, g, rtol=1e-4, atol=1e-5),

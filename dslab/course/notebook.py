@@ -1,8 +1,25 @@
-"""Key numbers a notebook reports: shown to the learner and read back by ``make run``."""
+"""What a notebook calls besides ``dslab.check``: ``require`` (set-up cell) and ``record`` (its key numbers), and
+``read_records``, which ``make run`` uses to collect those numbers from an executed notebook."""
 
 from __future__ import annotations
 
 MIME = "application/vnd.dslab.result+json"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split("+")[0].split(".")[:3])
+    except ValueError:
+        raise ValueError(f"a version looks like '0.1.0', got {text!r}") from None
+
+
+def require(version: str) -> None:
+    """Raise RuntimeError, with the command that fixes it, when the installed dslab is older than ``version``."""
+    import dslab
+
+    if _version(dslab.__version__) < _version(version):
+        raise RuntimeError(f"this notebook needs dslab >= {version}, but {dslab.__version__} is installed; "
+                           "update it with `make setup` (or `pip install -e .` in the course folder)")
 
 
 def _fmt(value) -> str:
@@ -26,7 +43,7 @@ def record(**numbers) -> None:
         display({"text/plain": line, MIME: numbers}, raw=True)
 
 
-def collect(nb) -> dict:
+def read_records(nb) -> dict:
     """All numbers recorded in an executed notebook (later records win)."""
     found = {}
     for cell in nb.cells:

@@ -15,8 +15,6 @@ import torch
 from dslab import moe
 from dslab.course.exercises import Case, Exercise, compare_close
 
-NOTEBOOK = "01_moe"
-
 
 # ------------------------------------------------------------------------------------------------- 1.1 routing
 def compare_routing(expected, got) -> str | None:
