@@ -246,43 +246,62 @@ def activated_params(args: ModelArgs, include_embedding: bool = True) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------- FLOPs
-def attention_flops_per_token(args: ModelArgs, context_len: int) -> int:
+# How MLA attends at a decode step (the modes of ``dslab.mla.MLA``): "naive" caches expanded per-head keys and values
+# (the official naive mode), "recompute" caches the latent and up-projects all of it at every step (no absorption),
+# "absorb" caches the latent and attends in the latent space (the official default). Classic attention has one way.
+ATTN_IMPLS = ("naive", "absorb", "recompute")
+
+
+def attention_flops_per_token(args: ModelArgs, context_len: int, attn_impl: str = "naive") -> int:
     """FLOPs of the score (q·k) and value (p·v) matmuls for one token attending to context_len keys, all layers.
 
-    2 FLOPs per multiply-add. MLA in its naive (training) form, V3 eqs. 7-10: 2·H·(d_h+d^R_h)·ctx + 2·H·d_v·ctx per
-    layer; classic attention: 2·H·d_h·ctx·2 (GQA shares K/V but every query head still does the work). Convention:
-    context_len is the number of keys this token sees (a decode step with a cache of context_len tokens). For the
-    average token of a causal training sequence of length T pass about T/2; passing T gives the non-causal bound.
+    2 FLOPs per multiply-add. Classic attention: 2·H·d_h·ctx for the scores plus as much for the values (GQA shares
+    K/V, but every query head still does the work). MLA by ``attn_impl``: "naive", the per-head widths of V3 eq. 10
+    (keys of d_h + d^R_h, values of d_v): 2·H·(d_h + d^R_h + d_v)·ctx per layer; "absorb", scores against the d_c
+    latent plus the d^R_h RoPE key and a softmax-weighted sum of latents: 2·H·(2·d_c + d^R_h)·ctx (more arithmetic,
+    far less memory read); "recompute", "naive" plus re-expanding every cached latent, 2·H·(d_h + d_v)·d_c·ctx.
+    Convention: context_len is the number of keys this token sees (a decode step with a cache of context_len
+    tokens). For the average token of a causal training sequence of length T pass about T/2; passing T gives the
+    non-causal bound.
     """
     args = _model(args)
     _int("context_len", context_len, 0)
-    if args.attn == "mla":
-        per_head = args.qk_nope_head_dim + args.qk_rope_head_dim + args.v_head_dim
-    else:
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+    if args.attn != "mla":
         per_head = 2 * args.attn_head_dim
+    elif attn_impl == "absorb":
+        per_head = 2 * args.kv_lora_rank + args.qk_rope_head_dim
+    else:
+        per_head = args.qk_nope_head_dim + args.qk_rope_head_dim + args.v_head_dim
+        if attn_impl == "recompute":
+            per_head += (args.qk_nope_head_dim + args.v_head_dim) * args.kv_lora_rank
     return 2 * args.n_layers * args.n_heads * per_head * context_len
 
 
-def forward_flops_per_token(args: ModelArgs, context_len: int) -> int:
+def forward_flops_per_token(args: ModelArgs, context_len: int, attn_impl: str = "naive") -> int:
     """Forward FLOPs for one token: 2 · activated weights (head matmul in, embedding lookup out) + attention.
 
     The weight term is the usual 2N of Kaplan et al. (2020) with N = activated_params(args, include_embedding=False);
-    the attention term is ``attention_flops_per_token`` (see its context_len convention). A training step costs
-    about 3× this (backward ≈ 2× forward). V3 at context_len 4096: 93,719,440,384.
+    the attention term is ``attention_flops_per_token`` (see its context_len and attn_impl conventions). A training
+    step costs about 3× this (backward ≈ 2× forward). V3 at context_len 4096: 93,719,440,384 ("naive").
     """
-    return 2 * activated_params(args, include_embedding=False) + attention_flops_per_token(args, context_len)
+    return 2 * activated_params(args, include_embedding=False) + attention_flops_per_token(args, context_len, attn_impl)
 
 
-def flops_ratio(a: ModelArgs, b: ModelArgs, context_len: int) -> float:
+def flops_ratio(a: ModelArgs, b: ModelArgs, context_len: int, attn_impl: str = "naive") -> float:
     """How many times more forward FLOPs per token ``a`` needs than ``b`` at the same context length.
 
-    Llama 3.1 405B vs V3: 11.02× with context_len=0 (weights only), 8.98× at 4096 (MLA's 128 heads of width
-    192/128 attend over the context like 405B's 128 heads of 128). The often quoted "~11×" compares training
-    GPU-hours: LLAMA31_405B_GPU_HOURS / V3_GPU_HOURS = 11.06.
+    Llama 3.1 405B vs V3: 11.02× at context_len=0, the weights alone (2N each, N without the input embedding) — the
+    "~11× less compute per token". Attention narrows the gap as the context grows: at 4096 cached tokens 8.98× with
+    MLA's attention counted at its expanded per-head widths (attn_impl="naive", as V3 eq. 10 writes it and as
+    training computes it), 5.89× for absorbed decoding (attn_impl="absorb", 2·d_c + d^R_h per head and cached
+    token). The ratio of the two pre-training runs' GPU-hours, LLAMA31_405B_GPU_HOURS / V3_GPU_HOURS = 11.06, is a
+    different quantity (whole runs on different GPUs and precisions) that happens to come out alike.
     """
     _model(a, "a")
     _model(b, "b")
-    return forward_flops_per_token(a, context_len) / forward_flops_per_token(b, context_len)
+    return forward_flops_per_token(a, context_len, attn_impl) / forward_flops_per_token(b, context_len, attn_impl)
 
 
 # ---------------------------------------------------------------------------------------------------- KV cache

@@ -136,6 +136,21 @@ def test_flops_and_the_11x_claim():
     assert acc.flops_ratio(V3, V3, 4096) == 1.0
 
 
+def test_attention_flops_by_mla_decode_path():
+    ctx = 4096
+    absorbed = 61 * 2 * 128 * (512 + 64 + 512) * ctx  # scores on the latent + RoPE key, then a mix of latents
+    assert acc.attention_flops_per_token(V3, ctx, "absorb") == absorbed
+    reexpand = 61 * 2 * 128 * (128 + 128) * 512 * ctx  # every cached latent up-projected again at every step
+    assert acc.attention_flops_per_token(V3, ctx, "recompute") == acc.attention_flops_per_token(V3, ctx) + reexpand
+    assert acc.forward_flops_per_token(V3, ctx, "absorb") == 2 * (37_552_297_472 - V3_EMB) + absorbed
+    assert round(acc.flops_ratio(LLAMA, V3, ctx, "absorb"), 2) == 5.89  # absorbed decoding does more arithmetic
+    for impl in acc.ATTN_IMPLS:  # classic attention has one way to attend; no context, no attention
+        assert acc.attention_flops_per_token(LLAMA, ctx, impl) == acc.attention_flops_per_token(LLAMA, ctx)
+        assert acc.attention_flops_per_token(V3, 0, impl) == 0
+    with pytest.raises(ValueError, match="attn_impl must be one of"):
+        acc.attention_flops_per_token(V3, ctx, "flash")
+
+
 def test_model_card():
     card = acc.model_card(V3)
     assert card == {"name": "deepseek-v3-671b", "attn": "mla", "total_params": 671_026_419_200,
