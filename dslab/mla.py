@@ -1,10 +1,16 @@
-"""Multi-head Latent Attention (MLA), DeepSeek-V2 §2.1 / V3 §2.1.1, with the naive and the absorbed inference path.
+"""Multi-head Latent Attention (MLA), DeepSeek-V2 §2.1 / V3 §2.1.1, with the naive, recompute and absorbed decode paths.
 
 Keys and values are rebuilt per head from one normalized latent c^KV_t (d_c = kv_lora_rank) plus one RoPE'd key
-k^R_t (d_R = qk_rope_head_dim) shared by all heads, so the absorbed path caches only d_c + d_R elements per token and
-layer instead of MHA's 2·H·d_h (V2 Table 1). Parameter names follow ``MLA`` in DeepSeek-V3's ``inference/model.py``:
-``wq`` (or ``wq_a`` → ``q_norm`` → ``wq_b``), ``wkv_a`` = [W^DKV; W^KR], ``kv_norm``, ``wkv_b`` = [W^UK; W^UV] per head,
-``wo``. Shapes: B batch, S new tokens, T cached tokens, H heads, c = d_c, r = d_R, d = per-head width.
+k^R_t (d_R = qk_rope_head_dim) shared by all heads. Caching that latent is what makes the cache small: d_c + d_R
+elements per token and layer instead of MHA's 2·H·d_h (V2 Table 1). Weight absorption is what makes attending straight
+from the latent cheap: W^UK moves into the query and W^UV after the softmax-weighted sum, so no per-head key or value
+is ever formed (V2 §2.1.2). The three decode paths of ``MLA`` (``attn_impl``) separate the two ideas: "absorb" caches
+the latent and attends in latent space (the official default); "recompute" caches the same latent but up-projects all
+of it to per-head keys and values at every step (same memory, much more work); "naive" caches the expanded per-head
+keys and values instead (the official naive mode: more memory than MHA). Parameter names follow ``MLA`` in
+DeepSeek-V3's ``inference/model.py``: ``wq`` (or ``wq_a`` → ``q_norm`` → ``wq_b``), ``wkv_a`` = [W^DKV; W^KR],
+``kv_norm``, ``wkv_b`` = [W^UK; W^UV] per head, ``wo``. Shapes: B batch, S new tokens, T cached tokens, H heads,
+c = d_c, r = d_R, d = per-head width.
 """
 
 from __future__ import annotations
@@ -14,12 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dslab import validate
-from dslab.accounting import kv_elements_per_token
+from dslab.accounting import ATTN_IMPLS, kv_elements_per_token
 from dslab.attention import causal_mask, check_forward
 from dslab.configs import ModelArgs
 from dslab.nn import RMSNorm, apply_rotary_emb, precompute_freqs_cis, yarn_mscale
 
-ATTN_IMPLS = ("naive", "absorb")
 CACHE_LAYOUTS = ("bhtd", "bthd")
 
 
@@ -33,17 +38,18 @@ def softmax_scale(args: ModelArgs) -> float:
 
 
 def cache_elements_per_layer(args: ModelArgs, attn_impl: str = "absorb") -> int:
-    """Numbers one MLA layer caches per token: "absorb" d_c + d_R (V2 Table 1, the official default), "naive"
-    H·(d_nope + d_R + d_v), the full per-head keys and values of the official naive path (V3 eqs. 4-5).
+    """Numbers one MLA layer caches per token: the latent, d_c + d_R, for "absorb" and "recompute" (V2 Table 1);
+    H·(d_nope + d_R + d_v) for "naive", which caches expanded per-head keys and values (V3 eqs. 4-5).
 
-    The absorbed count is ``dslab.accounting.kv_elements_per_token`` per layer (the course's one KV formula); the
-    naive one is what MLA would cache without weight absorption: more than MHA with the same heads, since every head
-    also stores the RoPE key. V3: 576 vs 40,960 (1.4%).
+    The latent count is ``dslab.accounting.kv_elements_per_token`` per layer (the course's one KV formula). The naive
+    cache is a choice of the official naive mode, not a consequence of skipping absorption ("recompute" skips it and
+    still caches only the latent); it is larger than MHA's with the same heads, since every head also stores the
+    RoPE key. V3: 576 vs 40,960 (1.4%).
     """
     if args.attn != "mla":
         raise ValueError(f"args.attn must be 'mla', got {args.attn!r} (classic attention: dslab.accounting)")
     validate.choice("attn_impl", attn_impl, ATTN_IMPLS)
-    if attn_impl == "absorb":
+    if attn_impl != "naive":
         return kv_elements_per_token(args) // args.n_layers
     return args.n_heads * (args.qk_nope_head_dim + args.qk_rope_head_dim + args.v_head_dim)
 
@@ -133,8 +139,9 @@ class MLA(nn.Module):
     """Multi-head Latent Attention with a preallocated cache; forward(x [B, S, dim], start_pos) -> [B, S, dim].
 
     attn_impl "absorb" (the official default) caches c^KV [B, T, c] and k^R [B, T, r] and never expands keys or
-    values; "naive" expands them per head (V3 eqs. 2, 4, 5) and caches k [.., H, d_nope + r] and v [.., H, d_v]. Both
-    compute the same function. cache_layout picks the naive cache: "bhtd" (head-major [B, H, T, D], default: each
+    values; "recompute" caches the same latent and re-expands all of it per head at every step (no absorption);
+    "naive" expands only the new tokens (V3 eqs. 2, 4, 5) and caches k [.., H, d_nope + r] and v [.., H, d_v]. All
+    three compute the same function. cache_layout picks the naive cache: "bhtd" (head-major [B, H, T, D], default: each
     head's keys are one matrix) or "bthd" (the official [B, T, H, D]; its einsum copies the cache every step).
     ``softmax_scale`` is ``softmax_scale(args)``; overwrite the attribute to experiment.
     """
@@ -166,7 +173,7 @@ class MLA(nn.Module):
         self.softmax_scale = softmax_scale(args)
         self.register_buffer("freqs_cis", precompute_freqs_cis(args), persistent=False)
         b, t, h = max_batch_size, args.max_seq_len, self.n_heads
-        if attn_impl == "absorb":
+        if attn_impl != "naive":  # absorb and recompute cache the latent
             caches = {"kv_cache": (b, t, self.kv_lora_rank), "pe_cache": (b, t, self.qk_rope_head_dim)}
         elif cache_layout == "bhtd":
             caches = {"k_cache": (b, h, t, self.qk_head_dim), "v_cache": (b, h, t, self.v_head_dim)}
@@ -191,6 +198,8 @@ class MLA(nn.Module):
         mask = causal_mask(seqlen, start_pos, x.device)
         if self.attn_impl == "naive":
             o = self._naive(q_nope, q_pe, c_kv, k_pe, start_pos, end_pos, mask)
+        elif self.attn_impl == "recompute":
+            o = self._recompute(q_nope, q_pe, c_kv, k_pe, start_pos, end_pos, mask)
         else:
             o = self._absorb(q_nope, q_pe, c_kv, k_pe, start_pos, end_pos, mask)
         return self.wo(o.flatten(2))
@@ -240,6 +249,23 @@ class MLA(nn.Module):
         self.pe_cache[:bsz, start_pos:end_pos] = k_pe
         return absorbed_attention(q_nope, q_pe, self.kv_cache[:bsz, :end_pos], self.pe_cache[:bsz, :end_pos],
                                   self.wkv_b.weight, self.softmax_scale, mask)
+
+    def _recompute(self, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Tensor,
+                   start_pos: int, end_pos: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """The latent cache without absorption: store c_kv and k_pe, then up-project every cached latent to per-head
+        keys and values (V3 eqs. 2, 4, 5) and attend as the naive path does -> o [B, S, H, d_v]."""
+        bsz = q_nope.shape[0]
+        self.kv_cache[:bsz, start_pos:end_pos] = c_kv
+        self.pe_cache[:bsz, start_pos:end_pos] = k_pe
+        k_nope, v = expand_latent(self.kv_cache[:bsz, :end_pos], self.wkv_b.weight, self.n_heads,
+                                  self.qk_nope_head_dim, self.v_head_dim)
+        pe = self.pe_cache[:bsz, :end_pos].unsqueeze(2).expand(-1, -1, self.n_heads, -1)
+        scores = (torch.einsum("bshd,bthd->bsht", q_nope, k_nope)
+                  + torch.einsum("bshr,bthr->bsht", q_pe, pe)) * self.softmax_scale
+        if mask is not None:
+            scores = scores + mask.unsqueeze(1)
+        probs = scores.softmax(dim=-1, dtype=torch.float32).type_as(q_nope)
+        return torch.einsum("bsht,bthd->bshd", probs, v)
 
     def cache_bytes(self) -> int:
         """Bytes held by this path's preallocated cache tensors (absorb: max_batch·max_seq_len·(c + r)·elem size)."""
