@@ -58,3 +58,86 @@ def progress(iterable: Iterable, **kwargs):
     if disable is None:
         disable = is_headless() or os.environ.get("TQDM_DISABLE", "").lower() in _TRUE
     return tqdm(iterable, disable=disable, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- peak FLOP/s
+# Dense (no structured sparsity) tensor-core peaks from NVIDIA's datasheets, in TFLOP/s, for MFU's denominator.
+# Keys are matched against torch.cuda.get_device_name() in order (first match wins: "H100 PCIe" before "H100").
+# A GPU that is not listed, or a dtype a listed GPU has no entry for, falls back to a measured GEMM.
+GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H100 PCIe": {"bfloat16": 756.0, "float16": 756.0, "float32": 51.2},
+    "H100": {"bfloat16": 989.4, "float16": 989.4, "float32": 66.9},  # SXM; H800 and H200 share its compute
+    "H800": {"bfloat16": 989.4, "float16": 989.4, "float32": 66.9},
+    "H200": {"bfloat16": 989.4, "float16": 989.4, "float32": 66.9},
+    "A100": {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5},
+    "A10": {"bfloat16": 125.0, "float16": 125.0, "float32": 31.2},
+    "L4": {"bfloat16": 121.0, "float16": 121.0, "float32": 30.3},
+    "T4": {"float16": 65.0, "float32": 8.1},
+    "V100": {"float16": 125.0, "float32": 15.7},
+}
+_MEASURED: dict[tuple, float] = {}
+
+
+def _gpu_entry(name: str) -> str | None:
+    import re
+
+    for key in GPU_PEAK_TFLOPS:  # whole words, so that "A10" does not match "A100" nor "L4" match "L40"
+        if re.search(r"(?<![A-Za-z0-9])" + re.escape(key) + r"(?![0-9])", name):
+            return key
+    return None
+
+
+def measure_gemm_flops(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048,
+                       repeats: int = 3) -> float:
+    """FLOP/s of the best of ``repeats`` [size, size] @ [size, size] matmuls (2·size³ FLOPs each) on ``device``,
+    at torch's current thread count. Cached per (device, dtype, size, threads)."""
+    import time
+
+    if not isinstance(size, int) or isinstance(size, bool) or size < 64:
+        raise ValueError(f"size must be an int >= 64, got {size!r}")
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    device = torch.device(device)
+    key = (str(device), str(dtype), size, torch.get_num_threads())
+    if key not in _MEASURED:
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(size, size, generator=gen).to(device, dtype)
+        b = torch.randn(size, size, generator=gen).to(device, dtype)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        a @ b  # warm-up: first-call allocation and kernel selection
+        sync()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        _MEASURED[key] = 2 * size**3 / best
+    return _MEASURED[key]
+
+
+def peak_flops_source(device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> str:
+    """Where ``peak_flops`` takes its number from: "datasheet: <GPU entry>, <dtype> dense" or "measured: ..."."""
+    device = pick_device() if device is None else torch.device(device)
+    if device.type == "cuda":
+        entry = _gpu_entry(torch.cuda.get_device_name(device))
+        if entry is not None and str(dtype).removeprefix("torch.") in GPU_PEAK_TFLOPS[entry]:
+            return f"datasheet: NVIDIA {entry}, {str(dtype).removeprefix('torch.')} dense"
+    return (f"measured: a 2048x2048 {str(dtype).removeprefix('torch.')} GEMM on {device}"
+            + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""))
+
+
+def peak_flops(device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> float:
+    """The FLOP/s that MFU divides by (``dslab.accounting.mfu``): on a listed NVIDIA GPU the datasheet's dense peak
+    for ``dtype`` (``GPU_PEAK_TFLOPS``); elsewhere (a CPU, an unlisted GPU, MPS) the measured FLOP/s of a large
+    GEMM on this machine (``measure_gemm_flops``), i.e. what this device really delivers on the friendliest workload.
+    ``peak_flops_source`` says which one was used. device: None picks it as ``pick_device``."""
+    device = pick_device() if device is None else torch.device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if device.type == "cuda":
+        entry = _gpu_entry(torch.cuda.get_device_name(device))
+        peaks = GPU_PEAK_TFLOPS.get(entry, {}) if entry else {}
+        if str(dtype).removeprefix("torch.") in peaks:
+            return peaks[str(dtype).removeprefix("torch.")] * 1e12
+    return measure_gemm_flops(device, dtype)
