@@ -72,14 +72,18 @@ def affinities(logits: torch.Tensor, score_func: str) -> torch.Tensor:
     return logits.sigmoid() if score_func == "sigmoid" else logits.softmax(dim=-1)
 
 
-def _limit_groups(biased: torch.Tensor, n_groups: int, topk_groups: int, has_bias: bool) -> torch.Tensor:
+def _limit_groups(biased: torch.Tensor, n_groups: int, topk_groups: int, has_bias: bool,
+                  group_topk: int | None = None) -> torch.Tensor:
     """Keep the ``topk_groups`` best of ``n_groups`` expert groups; mask the rest with −inf. [..., E] -> [..., E].
 
     Group score = sum of its top-2 biased scores when a bias exists (V3 node-limited routing, K_r/M = 8/4 = 2), else
-    its max (V2). −inf, not 0: biased sigmoid scores can be negative, and 0 would then outrank every kept expert.
+    its max (V2); with ``group_topk`` set, the sum of its top-``group_topk`` (V3 §2.1.2's K_r/M for other K_r, M).
+    −inf, not 0: biased sigmoid scores can be negative, and 0 would then outrank every kept expert.
     """
     grouped = biased.unflatten(-1, (n_groups, -1))  # [..., G, E/G]
-    if has_bias:
+    if group_topk is not None:
+        group_scores = grouped.topk(group_topk, dim=-1).values.sum(-1)
+    elif has_bias:
         group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(-1)
     else:
         group_scores = grouped.amax(dim=-1)
@@ -90,21 +94,24 @@ def _limit_groups(biased: torch.Tensor, n_groups: int, topk_groups: int, has_bia
 
 def route(scores_or_logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, n_groups: int = 1,
           topk_groups: int = 1, score_func: str = "sigmoid", route_scale: float = 1.0, *,
-          from_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+          from_logits: bool = True, group_topk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick ``top_k`` experts per token and their gating weights, as DeepSeek-V3's ``Gate.forward``.
 
     scores_or_logits: [..., E] router logits u_t^T e_i (``from_logits=True``) or affinities s_{i,t} already passed
     through ``score_func`` (``from_logits=False``). bias: [E] or None (the aux-loss-free b_i).
     Returns weights [..., top_k] (fp32; from the *unbiased* affinities, V3 eq. 16; renormalised over the chosen
     experts for sigmoid, eq. 13, not for softmax; times route_scale) and indices [..., top_k] (int64, the experts
-    chosen by s + b).
+    chosen by s + b). group_topk: None (the official code: a group scores its top-2 biased affinities with a bias,
+    its max without) or how many of its highest biased affinities a group sums (V3 §2.1.2: K_r/M).
     Raises ValueError naming the parameter for bad sizes, group settings or non-finite inputs.
     """
     _check_route(scores_or_logits, bias, top_k, n_groups, topk_groups, score_func, route_scale)
+    if group_topk is not None:
+        validate.integer("group_topk", group_topk, 1, scores_or_logits.shape[-1] // n_groups)
     s = affinities(scores_or_logits, score_func) if from_logits else scores_or_logits.float()
     biased = s if bias is None else s + bias.float()  # the bias only steers selection
     if n_groups > 1:
-        biased = _limit_groups(biased, n_groups, topk_groups, bias is not None)
+        biased = _limit_groups(biased, n_groups, topk_groups, bias is not None, group_topk)
     indices = biased.topk(top_k, dim=-1).indices
     weights = s.gather(-1, indices)  # unbiased s_{i,t} (eq. 16)
     if score_func == "sigmoid":
