@@ -119,34 +119,44 @@ def _expert_blocks(counts: list[int], max_rows: int | None) -> list[tuple[int, i
     return blocks
 
 
+def _exact(role: str, t: torch.Tensor, ends: torch.Tensor | None = None) -> torch.Tensor:
+    """The default operand "quantizer" of the grouped GEMMs: none (the tensor itself)."""
+    return t
+
+
 class _GroupedSwiGLU(torch.autograd.Function):
     """Sorted-row SwiGLU experts with a hand-written backward, worked block by block (no temporary exceeds a block).
 
-    forward(x [T, dim], weight [R], token [R], counts [E], w1 [E, inter, dim], w2 [E, dim, inter], w3, max_rows)
-    -> y [T, dim] with y[token[r]] += weight[r] · FFN_e(x[token[r]]) for the R = T·k rows sorted by expert e.
+    forward(x [T, dim], weight [R], token [R], counts [E], w1 [E, inter, dim], w2 [E, dim, inter], w3, max_rows,
+    quant) -> y [T, dim] with y[token[r]] += weight[r] · FFN_e(x[token[r]]) for the R = T·k rows sorted by expert e.
     Saves per block what autograd would (the gathered rows xs [rows, dim], a = w1 xs and b = w3 xs [rows, inter]);
-    silu is recomputed in backward.
+    silu is recomputed in backward. ``quant(role, t, ends)`` (None: exact) is applied to every GEMM operand; roles:
+    "act"/"act_grad" (rows × contracted columns), "rows"/"rows_grad" (contracted over the rows of each expert,
+    ``ends`` their cumulative counts), "weight" (stacked [E, out, in]); xs is saved as quantized for the forward.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, token, counts, w1, w2, w3, max_rows):
+    def forward(ctx, x, weight, token, counts, w1, w2, w3, max_rows, quant):
+        q = quant or _exact
         blocks = _expert_blocks(counts.tolist(), max_rows)
         offs = counts.cumsum(0).to(torch.int32)
         y, saved = torch.zeros_like(x), []
         for e0, e1, r0, r1 in blocks:
             o, rows = offs[e0:e1] - r0, token[r0:r1]
-            xs = x.index_select(0, rows)  # the one gather of this block's tokens
-            a, b = grouped_mm(xs, w1[e0:e1].transpose(1, 2), o), grouped_mm(xs, w3[e0:e1].transpose(1, 2), o)
+            xs = q("act", x.index_select(0, rows))  # the one gather of this block's tokens
+            a = grouped_mm(xs, q("weight", w1[e0:e1]).transpose(1, 2), o)
+            b = grouped_mm(xs, q("weight", w3[e0:e1]).transpose(1, 2), o)
             h = F.silu(a).mul_(b).mul_(weight[r0:r1, None])  # gate weight on the narrow hidden, not on [R, dim]
-            y.index_add_(0, rows, grouped_mm(h, w2[e0:e1].transpose(1, 2), o))
+            y.index_add_(0, rows, grouped_mm(q("act", h), q("weight", w2[e0:e1]).transpose(1, 2), o))
             saved += [xs, a, b]
-        ctx.blocks = blocks
+        ctx.blocks, ctx.quant = blocks, quant
         ctx.save_for_backward(weight, token, offs, w1, w2, w3, *saved)
         return y
 
     @staticmethod
     def backward(ctx, gy):
         weight, token, offs, w1, w2, w3, *saved = ctx.saved_tensors
+        q = ctx.quant or _exact
         gx, gweight = gy.new_zeros(gy.shape), torch.empty_like(weight)
         gw1, gw2, gw3 = torch.empty_like(w1), torch.empty_like(w2), torch.empty_like(w3)
         for i, (e0, e1, r0, r1) in enumerate(ctx.blocks):
@@ -154,22 +164,28 @@ class _GroupedSwiGLU(torch.autograd.Function):
             gys, wt = gy.index_select(0, rows), weight[r0:r1, None]
             s = F.silu(a)
             act = s * b
-            gw2[e0:e1] = grouped_mm(gys.t(), act * wt, o)  # dW2_e = Σ_rows gy ⊗ h
-            gh = grouped_mm(gys, w2[e0:e1], o)  # [rows, inter]
+            h = act * wt if ctx.quant is None else q("rows", q("act", act * wt), o)
+            gw2[e0:e1] = grouped_mm(q("rows_grad", gys, o).t(), h, o)  # dW2_e = Σ_rows gy ⊗ h
+            gh = grouped_mm(q("act_grad", gys), q("weight", w2[e0:e1]), o)  # [rows, inter]
             gweight[r0:r1] = torch.einsum("ri,ri->r", gh, act)  # d(gy · weight·w2 act)/d weight
             gact = gh.mul_(wt)
             gb, ga = gact * s, torch.ops.aten.silu_backward(gact.mul_(b), a)
-            gw1[e0:e1], gw3[e0:e1] = grouped_mm(ga.t(), xs, o), grouped_mm(gb.t(), xs, o)
-            gx.index_add_(0, rows, grouped_mm(ga, w1[e0:e1], o).add_(grouped_mm(gb, w3[e0:e1], o)))
-        return gx, gweight, None, None, gw1, gw2, gw3, None
+            xs_rows = q("rows", xs, o)
+            gw1[e0:e1] = grouped_mm(q("rows_grad", ga, o).t(), xs_rows, o)
+            gw3[e0:e1] = grouped_mm(q("rows_grad", gb, o).t(), xs_rows, o)
+            gx.index_add_(0, rows, grouped_mm(q("act_grad", ga), q("weight", w1[e0:e1]), o)
+                          .add_(grouped_mm(q("act_grad", gb), q("weight", w3[e0:e1]), o)))
+        return gx, gweight, None, None, gw1, gw2, gw3, None, None
 
 
 def grouped_dispatch(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, w1: torch.Tensor,
-                     w2: torch.Tensor, w3: torch.Tensor, *, max_rows: int | None = None) -> torch.Tensor:
+                     w2: torch.Tensor, w3: torch.Tensor, *, max_rows: int | None = None, quant=None) -> torch.Tensor:
     """Routed part of eq. 12 by sorting the T·k (token, expert) pairs by expert: one gather, grouped GEMMs, one add.
 
     x [T, dim]; weights, indices [T, k]; w1, w3 [E, inter, dim]; w2 [E, dim, inter]. Returns [T, dim], equal to
     ``loop_dispatch``. max_rows: rows per block of experts (None: ``CPU_BLOCK_BYTES`` on the CPU, one block elsewhere).
+    quant: None (exact GEMMs) or a callable ``quant(role, t, ends) -> t`` applied to every GEMM operand in forward
+    and backward, e.g. ``dslab.fp8.ExpertQuantizer`` (roles in ``_GroupedSwiGLU``).
     """
     check_dispatch(x, weights, indices, w1, w2, w3)
     n_experts, top_k = w1.shape[0], indices.shape[-1]
@@ -180,7 +196,7 @@ def grouped_dispatch(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tens
     dtype = _compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         return _GroupedSwiGLU.apply(x.to(dtype), weights.flatten()[order].to(dtype), order // top_k, counts,
-                                    w1.to(dtype), w2.to(dtype), w3.to(dtype), max_rows)
+                                    w1.to(dtype), w2.to(dtype), w3.to(dtype), max_rows, quant)
 
 
 def dispatch(name: str):

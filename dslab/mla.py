@@ -54,16 +54,19 @@ def cache_elements_per_layer(args: ModelArgs, attn_impl: str = "absorb") -> int:
     return args.n_heads * (args.qk_nope_head_dim + args.qk_rope_head_dim + args.v_head_dim)
 
 
-def latent_cache_step(x: torch.Tensor, wkv_a: torch.Tensor, kv_norm_weight: torch.Tensor, freqs_cis: torch.Tensor,
-                      eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_cache_step(x: torch.Tensor, wkv_a: torch.Tensor | nn.Module, kv_norm_weight: torch.Tensor,
+                      freqs_cis: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """What MLA caches for new tokens: c^KV = kv_norm(W^DKV h) (V3 eq. 1) and k^R = RoPE(W^KR h) (eq. 3).
 
-    x [B, S, dim]; wkv_a: the stacked weight [W^DKV; W^KR] of shape [c + r, dim]; kv_norm_weight [c], the RMSNorm
-    that follows the latent (V2 §3.1.2); freqs_cis [S, r/2] (complex) for the tokens' positions. Returns
-    (c_kv [B, S, c], k_pe [B, S, r]); k_pe is one head, shared by all query heads, and is cached after RoPE.
+    x [B, S, dim]; wkv_a: the stacked weight [W^DKV; W^KR] of shape [c + r, dim], or the projection module that
+    holds it (``MLA.wkv_a``: an nn.Linear, or e.g. ``dslab.fp8.FP8Linear`` in FP8 training), which is then called;
+    kv_norm_weight [c], the RMSNorm that follows the latent (V2 §3.1.2); freqs_cis [S, r/2] (complex) for the
+    tokens' positions. Returns (c_kv [B, S, c], k_pe [B, S, r]); k_pe is one head, shared by all query heads, and is
+    cached after RoPE.
     """
     rope_dim = 2 * freqs_cis.shape[-1]
-    kv, k_pe = F.linear(x, wkv_a).split([wkv_a.shape[0] - rope_dim, rope_dim], dim=-1)
+    kv = wkv_a(x) if isinstance(wkv_a, nn.Module) else F.linear(x, wkv_a)
+    kv, k_pe = kv.split([kv.shape[-1] - rope_dim, rope_dim], dim=-1)
     c_kv = F.rms_norm(kv, (kv.shape[-1],), kv_norm_weight, eps)
     return c_kv, apply_rotary_emb(k_pe.unsqueeze(2), freqs_cis).squeeze(2)
 
@@ -76,12 +79,19 @@ def _split_wkv_b(wkv_b: torch.Tensor, n_heads: int, qk_nope_head_dim: int,
     return wkv_b.view(n_heads, qk_nope_head_dim + v_head_dim, -1).split([qk_nope_head_dim, v_head_dim], dim=1)
 
 
-def expand_latent(c_kv: torch.Tensor, wkv_b: torch.Tensor, n_heads: int, qk_nope_head_dim: int,
+def expand_latent(c_kv: torch.Tensor, wkv_b: torch.Tensor | nn.Module, n_heads: int, qk_nope_head_dim: int,
                   v_head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The naive path: k^C = W^UK c^KV (V3 eq. 2) and v^C = W^UV c^KV (eq. 5) for every head.
 
-    c_kv [B, T, c]; wkv_b [H·(d_nope + d_v), c]. Returns (k_nope [B, T, H, d_nope], v [B, T, H, d_v]).
+    c_kv [B, T, c]; wkv_b [H·(d_nope + d_v), c], or a projection module holding it that replaced the nn.Linear (e.g.
+    ``dslab.fp8.FP8Linear``), which is then called. Returns (k_nope [B, T, H, d_nope], v [B, T, H, d_v]).
     """
+    if isinstance(wkv_b, nn.Module):
+        kv = wkv_b(c_kv).unflatten(-1, (n_heads, -1))
+        if kv.shape[-1] != qk_nope_head_dim + v_head_dim:
+            raise ValueError(f"wkv_b must output {n_heads}·({qk_nope_head_dim} + {v_head_dim}) features, got "
+                             f"{wkv_b(c_kv).shape[-1]}")
+        return kv.split([qk_nope_head_dim, v_head_dim], dim=-1)
     w_uk, w_uv = _split_wkv_b(wkv_b, n_heads, qk_nope_head_dim, v_head_dim)
     return torch.einsum("btc,hdc->bthd", c_kv, w_uk), torch.einsum("btc,hdc->bthd", c_kv, w_uv)
 
@@ -192,7 +202,7 @@ class MLA(nn.Module):
         q_nope, q_pe = q.view(bsz, seqlen, self.n_heads, self.qk_head_dim).split(
             [self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
         q_pe = apply_rotary_emb(q_pe, freqs_cis)  # V3 eq. 8
-        c_kv, k_pe = latent_cache_step(x, self.wkv_a.weight, self.kv_norm.weight, freqs_cis, self.kv_norm.eps)
+        c_kv, k_pe = latent_cache_step(x, self.wkv_a, self.kv_norm.weight, freqs_cis, self.kv_norm.eps)
         if self.training:
             return self.wo(self._uncached(q_nope, q_pe, c_kv, k_pe).flatten(2))
         mask = causal_mask(seqlen, start_pos, x.device)
@@ -211,7 +221,9 @@ class MLA(nn.Module):
         Absorption saves memory traffic when decoding from a cache; in training every key is used by many queries,
         so expanding K and V once is the cheaper order (see ``dslab.bench.mla.measure_prefill``).
         """
-        k_nope, v = expand_latent(c_kv, self.wkv_b.weight, self.n_heads, self.qk_nope_head_dim, self.v_head_dim)
+        # A plain nn.Linear's weight goes through the einsum; a replacement module (FP8 training) is called.
+        wkv_b = self.wkv_b.weight if type(self.wkv_b) is nn.Linear else self.wkv_b
+        k_nope, v = expand_latent(c_kv, wkv_b, self.n_heads, self.qk_nope_head_dim, self.v_head_dim)
         k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(-1, -1, self.n_heads, -1)], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,

@@ -239,6 +239,8 @@ class Experts(nn.Module):
 
     Expert e computes ``w2[e](silu(w1[e] x) * w3[e] x)``, the same function as ``dslab.nn.MLP``.
     forward(x [T, dim], weights [T, k], indices [T, k], dispatch) -> [T, dim].
+    ``quant`` (None by default) is an optional operand quantizer for the grouped GEMMs, e.g.
+    ``dslab.fp8.ExpertQuantizer`` (set by ``dslab.fp8.enable_training``); it needs the grouped dispatch.
     """
 
     def __init__(self, n_experts: int, dim: int, inter_dim: int):
@@ -248,6 +250,7 @@ class Experts(nn.Module):
         self.w3 = nn.Parameter(torch.empty(n_experts, inter_dim, dim))
         for w in (self.w1, self.w2, self.w3):  # nn.Linear's default U(±1/sqrt(fan_in)), per expert
             nn.init.uniform_(w, -w.shape[-1] ** -0.5, w.shape[-1] ** -0.5)
+        self.quant = None
 
     def extra_repr(self) -> str:
         n_experts, inter_dim, dim = self.w1.shape
@@ -255,7 +258,11 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                 dispatch: str = "grouped") -> torch.Tensor:
-        return dispatch_fn(dispatch)(x, weights, indices, self.w1, self.w2, self.w3)
+        if self.quant is None:
+            return dispatch_fn(dispatch)(x, weights, indices, self.w1, self.w2, self.w3)
+        if dispatch != "grouped":
+            raise ValueError(f"dispatch must be 'grouped' when Experts.quant is set, got {dispatch!r}")
+        return grouped_dispatch(x, weights, indices, self.w1, self.w2, self.w3, quant=self.quant)
 
 
 class MoE(nn.Module):
