@@ -440,8 +440,8 @@ def check_against_moe(rank: int, world_size: int, args: ModelArgs, tokens: list[
 
     bias: the gate's aux-loss-free bias [E] (skews the load, e.g. so that a rank receives nothing). Returns a dict:
     max |difference| of the outputs, of the input gradients, of the local experts' weight gradients and of the
-    (rank-summed) gate and shared-expert gradients, plus the split sizes sent and received, rows per local expert
-    and the all-to-all statistics of this rank.
+    (rank-summed) gate and shared-expert gradients, plus this rank's routing decisions ("indices" [T, k]), the split
+    sizes it sent and received, the rows each local expert processed and its all-to-all statistics.
     """
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     gen = torch.Generator().manual_seed(seed)
@@ -478,7 +478,7 @@ def check_against_moe(rank: int, world_size: int, args: ModelArgs, tokens: list[
                                                                    moe.shared_experts.parameters())), default=0.0)
         if ep.shared_experts is not None else 0.0,
         "sent": ep.last_send.tolist(), "received": ep.last_recv.tolist(),
-        "expert_rows": ep.last_expert_rows.tolist(), "load": ep.last_load.tolist(),
+        "expert_rows": ep.last_expert_rows.tolist(), "load": ep.last_load.tolist(), "indices": ep.last_indices.cpu(),
         "a2a_calls": ep.stats.calls, "a2a_seconds": ep.stats.seconds, "bytes_sent": ep.stats.bytes_sent,
     }
     return result

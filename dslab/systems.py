@@ -466,17 +466,21 @@ def gantt(timeline: Timeline, ax=None, title: str | None = None, label_microbatc
         ax = fig.add_subplot()
     fig = ax.figure
     for d, tasks in enumerate(timeline.tasks):
+        spans: dict[str, list] = {k: [] for k in COLORS}  # one collection per device and colour: fast to draw
         for t in tasks:
-            y, w = d - 0.4, t.end - t.start
+            w = t.end - t.start
             if t.kind == "F&B":
-                ax.broken_barh([(t.start, w / 2)], (y, 0.8), facecolors=COLORS["F"], edgecolor="k", lw=0.3)
-                ax.broken_barh([(t.start + w / 2, w / 2)], (y, 0.8), facecolors=COLORS["B"], edgecolor="k", lw=0.3)
+                spans["F"].append((t.start, w / 2))
+                spans["B"].append((t.start + w / 2, w / 2))
             else:
-                ax.broken_barh([(t.start, w)], (y, 0.8), facecolors=COLORS[t.kind], edgecolor="k", lw=0.3)
+                spans[t.kind].append((t.start, w))
             if label_microbatches and w >= 0.012 * timeline.makespan:
                 for i, (k, mb, _) in enumerate(t.parts):
                     x = t.start + (i + 0.5) * w / len(t.parts)
                     ax.text(x, d, str(mb), ha="center", va="center", fontsize=6, style="italic" if k else "normal")
+        for kind, xranges in spans.items():
+            if xranges:
+                ax.broken_barh(xranges, (d - 0.4, 0.8), facecolors=COLORS[kind], edgecolor="k", lw=0.3)
     ax.set_ylim(timeline.pp - 0.5, -0.5)
     ax.set_yticks(range(timeline.pp), [f"device {d}" for d in range(timeline.pp)], fontsize=7)
     ax.set_xlim(0, timeline.makespan)

@@ -1,0 +1,197 @@
+"""Lab 07 (systems): the exercise registry, references pass their public cases, every known mistake fails the hidden
+cases and is answered with its own hint, hidden cases vary with the seed and cover the corners (K_r/M other than 2,
+negative biased scores, ranks holding several experts), the schedule explorer reacts to its controls, the lab's
+harnesses, and the solution builds into a lab with one stub per exercise (the debug exercise showing its bug)."""
+
+import random
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from lab_helpers import hidden_verdict
+
+from dslab import configs, systems
+from dslab.course import answers
+from dslab.course.build import build_lab
+from dslab.course.check import run_cases
+from dslab.labs import lab07_systems
+from dslab.labs.lab07_systems import exercises as lab07_exercises
+from dslab.labs.lab07_systems import experiments as X
+
+EXERCISES = {ex.id: ex for ex in lab07_exercises.EXERCISES}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_exercise_registry():
+    assert lab07_systems.NOTEBOOK == "07_systems"
+    assert [(e.id, e.target, e.kind) for e in lab07_exercises.EXERCISES] == [
+        ("07.split_sizes", "a2a_split_sizes", "implement"), ("07.node_limited", "node_limited_route", "implement"),
+        ("07.bubble_1f1b", "one_f_one_b_bubble", "predict"), ("07.bubble_dualpipe", "dualpipe_bubble", "debug"),
+        ("07.mfu", "mfu", "implement")]
+    assert all(ex.mistakes for ex in lab07_exercises.EXERCISES)
+
+
+@pytest.mark.parametrize("ex_id", list(EXERCISES))
+def test_references_pass_their_public_cases(ex_id):
+    ex = EXERCISES[ex_id]
+    assert run_cases(ex, ex.reference, ex.public_cases()) == (
+        "passed", f"public checks passed ({len(ex.public_cases())} cases); hidden cases are graded separately")
+
+
+@pytest.mark.parametrize("ex_id", list(EXERCISES))
+def test_hidden_cases_pass_the_reference_and_vary_with_the_seed(ex_id):
+    ex = EXERCISES[ex_id]
+    for seed in range(3):
+        assert run_cases(ex, ex.reference, ex.hidden_cases(random.Random(seed)))[0] == "passed"
+    a, b = (ex.hidden_cases(random.Random(s)) for s in (0, 1))
+    assert [c.label for c in a] == [c.label for c in b]
+    assert [answers.to_json(c.args) for c in a] != [answers.to_json(c.args) for c in b]
+
+
+MISTAKES = [(ex.id, m) for ex in lab07_exercises.EXERCISES for m in ex.mistakes]
+
+
+@pytest.mark.parametrize("ex_id,mistake", MISTAKES, ids=[f"{e}-{m.name}" for e, m in MISTAKES])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_every_mistake_fails_the_hidden_cases_with_its_own_hint(ex_id, mistake, seed):
+    ex = EXERCISES[ex_id]
+    cases = ex.hidden_cases(random.Random(seed))
+    verdicts = hidden_verdict(ex, mistake.fn, seed=seed)
+    assert any(v is not None for v in verdicts), f"{mistake.name} passes every hidden case"
+    failing = next(c for c, v in zip(cases, verdicts) if v is not None)
+    assert ex.hint_for(failing, answers.to_json(mistake.fn(*failing.args))) == mistake.hint
+
+
+def test_hard_coded_public_answers_fail_hidden_cases():
+    for ex in lab07_exercises.EXERCISES:
+        table = [(answers.to_json(c.args), ex.reference(*c.args)) for c in ex.public_cases()]
+        memorized = lambda *args, table=table: next((v for k, v in table if k == answers.to_json(args)), None)
+        assert run_cases(ex, memorized, ex.public_cases())[0] == "passed"
+        assert run_cases(ex, memorized, ex.hidden_cases(random.Random(5)))[0] == "failed"
+
+
+def test_stub_is_not_attempted():
+    def stub(*args):
+        raise NotImplementedError("Exercise 7.1: ...")
+
+    for ex in lab07_exercises.EXERCISES:
+        assert run_cases(ex, stub, ex.public_cases())[0] == "not-attempted"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_node_limited_hidden_cases_cover_the_corners(seed):
+    cases = EXERCISES["07.node_limited"].hidden_cases(random.Random(seed))
+    per_m = {c.args[2] // c.args[4] for c in cases}
+    assert per_m - {2}  # K_r/M other than the official code's 2
+    assert any(c.args[1] is not None and bool((c.args[1] < -1).all()) for c in cases)  # all biased scores < 0
+    assert any(c.args[4] < c.args[3] for c in cases)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_split_hidden_cases_put_several_experts_on_a_rank(seed):
+    cases = EXERCISES["07.split_sizes"].hidden_cases(random.Random(seed))
+    assert any(c.args[1] // c.args[0].shape[0] > 1 for c in cases)
+
+
+def test_dualpipe_hidden_cases_are_valid_settings():
+    for c in EXERCISES["07.bubble_dualpipe"].hidden_cases(random.Random(0)):
+        pp, f, b, w, fb = c.args
+        systems.Durations(F=f, B=b, W=w, FB=fb)  # raises on an impossible setting
+        assert pp % 2 == 0
+
+
+def test_one_f_one_b_reference_is_what_the_simulator_measures():
+    for pp, m, f, b in [(4, 8, 1.0, 2.0), (6, 3, 0.5, 1.5), (1, 4, 1.0, 1.0)]:
+        bubble, share = lab07_exercises.one_f_one_b_reference(pp, m, f, b)
+        tl = systems.simulate("1f1b", pp, m, systems.Durations(F=f, B=b, W=b / 2))
+        assert bubble == pytest.approx(tl.max_bubble) and share == pytest.approx(tl.bubble_fraction)
+
+
+# ------------------------------------------------------------------------------------------------------ widget
+def test_schedule_explorer_defaults():
+    from dslab.labs.lab07_systems.widgets import schedule_explorer
+
+    numbers, fig = schedule_explorer()
+    assert numbers["1F1B bubble"] == 9.0 and numbers["ZB1P bubble"] == 3.0 and numbers["DualPipe bubble"] == 2.0
+    assert numbers["DualPipe Table 2"] == "2" and numbers["DualPipe peak activations"] == 5
+    assert len(fig.axes) == 3
+
+
+def test_schedule_explorer_reacts_to_its_controls():
+    from dslab.labs.lab07_systems.widgets import schedule_controls, schedule_explorer
+    from dslab.widgets import Explorer
+
+    explorer = Explorer(schedule_explorer, schedule_controls())
+    assert explorer.numbers == schedule_explorer()[0]
+    explorer.controls["pp"].value = 8
+    assert explorer.numbers["DualPipe bubble"] == "n/a"  # 8 micro-batches < 2 PP
+    explorer.controls["microbatches"].value = 16
+    assert explorer.numbers["1F1B bubble"] == 21.0 and explorer.numbers["DualPipe bubble"] == 6.0
+    explorer.controls["pp"].value = 7
+    assert explorer.numbers["DualPipe bubble"] == "n/a" and explorer.numbers["ZB1P bubble"] == 6.0
+    explorer.controls["F"].value = 2.0  # F != B - W: DualPipe's formula no longer applies, and says so
+    explorer.controls["pp"].value = 8
+    assert "does not apply" in explorer.numbers["DualPipe Table 2"]
+    explorer.controls["comm"].value = 0.5
+    assert explorer.numbers["1F1B bubble"] > 7 * 4
+    explorer.controls["W"].value = 3.0  # W >= B: explained instead of drawn
+    assert "error" in explorer.numbers
+
+
+# ------------------------------------------------------------------------------------------------- harnesses
+def test_v3_traffic_respects_the_limit_and_the_limit_saves_ib():
+    scores, bias = X.v3_routing_scores(512, 0)
+    rows = X.v3_traffic(lab07_exercises.node_limited_reference, scores, bias)
+    assert [r.max_nodes_used <= r.max_nodes for r in rows] == [True] * 4
+    assert rows[0].ib < rows[1].ib < rows[2].ib < rows[3].ib
+    assert all(r.ib_per_expert > 6 for r in rows)  # copies per expert do not care about the limit
+
+
+def test_v3_implied_mfu():
+    rows = dict((label, bf16) for label, bf16, _ in X.v3_implied_mfu(lab07_exercises.mfu_reference))
+    assert rows["6N, no attention"] == pytest.approx(0.3428, abs=5e-4)
+    assert rows["attention, causal 4K"] == pytest.approx(0.3907, abs=5e-4)
+    assert rows["attention, non-causal 4K"] == pytest.approx(0.4385, abs=5e-4)
+
+
+def test_overlap_rows():
+    scores, bias = X.v3_routing_scores(256, 1)
+    traffic = X.v3_traffic(lab07_exercises.node_limited_reference, scores, bias, limits=(4,))
+    row = X.overlap_rows(traffic, 386e12)[0]
+    assert row["M"] == 4 and row["overlapped"] == max(row["compute"], row["dispatch"] + row["combine"])
+
+
+def test_measure_training_is_positive():
+    r = X.measure_training(configs.load("tiny-v3").replace(n_mtp=0, n_layers=2), 1, 16, steps=1)
+    assert r["tokens_per_s"] > 0 and r["tokens_per_step"] == 16
+
+
+# ----------------------------------------------------------------------------------------------------- notebook
+def test_solution_builds_into_a_lab_with_one_stub_per_exercise():
+    path = ROOT / "solutions" / "07_systems.ipynb"
+    lab = build_lab(nbformat.read(path, as_version=4), "07_systems")
+    source = "\n".join(c.source for c in lab.cells if c.cell_type == "code")
+    for ex in lab07_exercises.EXERCISES:
+        assert source.count(f"def {ex.target}(") == 1
+        assert source.count(ex.stub_message) == 1 and "### BEGIN SOLUTION" not in source
+        assert f'dslab.check("{ex.id}", {ex.target})' in source
+    assert "return (pp - 1) * (FB + B - 2 * W)" in source  # the debug exercise shows its bug
+    tags = [t for c in lab.cells for t in c.metadata.get("tags", [])]
+    assert "parameters" in tags
+
+
+def test_solution_uses_each_exercise_later():
+    nb = nbformat.read(ROOT / "solutions" / "07_systems.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    for ex in lab07_exercises.EXERCISES:
+        check = next(i for i, s in enumerate(code) if f'dslab.check("{ex.id}"' in s)
+        assert any(f"dslab.yours({ex.target}," in s for s in code[check + 1:]), ex.id
+
+
+def test_demo_runs_the_real_all_to_all():
+    runs = X.all_to_all_demo(world_size=2, tokens_per_rank=8, seed=3)
+    for run in runs.values():
+        assert run.max_difference < 1e-5
+        assert torch.equal(lab07_exercises.ep.split_matrix(torch.stack(run.indices), 16), run.splits)
+    assert runs["skewed"].splits[:, 1].sum() < runs["balanced"].splits[:, 1].sum()
