@@ -425,6 +425,9 @@ def init_from_env(backend: str | None = None, timeout_s: float = 60.0) -> tuple[
             raise RuntimeError("no RANK/WORLD_SIZE in the environment: start with torchrun, or use launch(...)")
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         validate.choice("backend", backend, BACKENDS)
+        one_machine = os.environ.get("LOCAL_WORLD_SIZE") == os.environ["WORLD_SIZE"]
+        if backend == "gloo" and one_machine and "GLOO_SOCKET_IFNAME" not in os.environ and loopback_interface():
+            os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()  # all ranks here: loopback, never a NIC
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))

@@ -7,8 +7,12 @@ into one launch, so the whole file stays within a few tens of seconds on a loade
 """
 
 import multiprocessing
+import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,7 +53,7 @@ def _scenarios(rank, world, args):
 @pytest.fixture(scope="module")
 def two_ranks():
     t0 = time.monotonic()
-    results = ep.launch(_scenarios, 2, (TINY,), timeout_s=240, pg_timeout_s=60)
+    results = ep.launch(_scenarios, 2, (TINY,), timeout_s=300, pg_timeout_s=120)
     return results, time.monotonic() - t0
 
 
@@ -239,3 +243,20 @@ def test_route_group_topk_keeps_the_default_behaviour():
     gen = torch.Generator().manual_seed(3)
     logits, bias = torch.randn(20, 32, generator=gen), torch.randn(32, generator=gen)
     assert torch.equal(moe.route(logits, bias, 4, 8, 2)[1], moe.route(logits, bias, 4, 8, 2, group_topk=2)[1])
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_same_check():
+    """``torchrun --standalone`` (a free port of its own choosing) with 2 processes runs the layer unchanged."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this Python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "dslab.expert_parallel",
+                          "--tokens", "8"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("rank ")]
+    assert len(lines) == 2
+    for line in lines:
+        output_diff = float(line.split("output ")[1].split(",")[0])
+        assert output_diff < 1e-5

@@ -5,7 +5,9 @@ import itertools
 import math
 
 import pytest
+import torch
 
+from dslab import accounting, configs, runtime
 from dslab import systems as S
 
 GRID_F = [0.5, 1.0, 2.0]
@@ -202,3 +204,43 @@ def test_gantt_draws():
     boxes = sum(len(c.get_paths()) for c in ax.collections)
     assert boxes == sum(2 if t.kind == "F&B" else 1 for d in tl.tasks for t in d)
     assert "DualPipe" in ax.get_title()
+
+
+# ------------------------------------------------------------------------------------------------------- MFU
+def test_training_flops_per_token():
+    v3 = configs.load("deepseek-v3-671b")
+    n = accounting.activated_params(v3, include_embedding=False)
+    per_key = accounting.attention_flops_per_token(v3, 1)
+    assert accounting.training_flops_per_token(v3, 4096) == 3 * (2 * n + per_key * 4097 / 2)
+    assert accounting.training_flops_per_token(v3, 4096, causal=False) == 3 * (2 * n + per_key * 4096)
+    assert accounting.training_flops_per_token(v3, 4096) == pytest.approx(2.505e11, rel=1e-3)  # "~250 GFLOPs"
+    with pytest.raises(ValueError, match="seq_len"):
+        accounting.training_flops_per_token(v3, 0)
+
+
+def test_mfu():
+    assert accounting.mfu(1e9, 100.0, 1e12) == pytest.approx(0.1)
+    v3 = configs.load("deepseek-v3-671b")
+    per_gpu = accounting.V3_PRETRAIN_TOKENS / (accounting.V3_PRETRAIN_GPU_HOURS * 3600)
+    assert accounting.mfu(accounting.training_flops_per_token(v3, 4096), per_gpu, 989.4e12) == pytest.approx(
+        0.3907, abs=5e-4)
+    for bad in ({"flops_per_token": 0.0}, {"tokens_per_second": -1.0}, {"peak_flops": 0.0}):
+        kwargs = {"flops_per_token": 1.0, "tokens_per_second": 1.0, "peak_flops": 1.0, **bad}
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            accounting.mfu(**kwargs)
+
+
+def test_peak_flops_on_this_cpu_is_a_measured_gemm():
+    peak = runtime.peak_flops("cpu")
+    assert peak > 1e8 and runtime.peak_flops("cpu") == peak  # cached
+    assert runtime.peak_flops_source("cpu").startswith("measured: a 2048x2048 float32 GEMM on cpu")
+    with pytest.raises(ValueError, match="dtype"):
+        runtime.peak_flops("cpu", torch.int32)
+
+
+def test_gpu_datasheet_table_matches_names():
+    match = runtime._gpu_entry
+    assert match("NVIDIA H100 80GB HBM3") == "H100" and match("NVIDIA H100 PCIe") == "H100 PCIe"
+    assert match("NVIDIA H800") == "H800" and match("NVIDIA A100-SXM4-80GB") == "A100"
+    assert match("NVIDIA A10") == "A10" and match("NVIDIA L40S") is None and match("Tesla T4") == "T4"
+    assert runtime.GPU_PEAK_TFLOPS["H800"]["bfloat16"] == 989.4

@@ -239,10 +239,11 @@ def _random_model(rng: random.Random) -> ModelArgs:
     moe = rng.random() < 0.6
     groups = rng.choice([1, 2, 4])
     mla = rng.random() < 0.6
+    layers = rng.randint(1, 12)
     return ModelArgs(
         name="hidden", vocab_size=rng.choice([128, 1000, 32000]), dim=rng.choice([64, 256, 1024]),
-        inter_dim=rng.choice([128, 512, 2048]), moe_inter_dim=rng.choice([32, 64, 256]), n_layers=rng.randint(1, 12),
-        n_dense_layers=rng.randint(0, 2), n_heads=heads, attn="mla" if mla else "gqa",
+        inter_dim=rng.choice([128, 512, 2048]), moe_inter_dim=rng.choice([32, 64, 256]), n_layers=layers,
+        n_dense_layers=rng.randint(0, min(2, layers)), n_heads=heads, attn="mla" if mla else "gqa",
         n_kv_heads=0 if mla else rng.choice([d for d in (1, 2, 4) if heads % d == 0]), head_dim=0 if mla else 32,
         q_lora_rank=rng.choice([0, 64]), kv_lora_rank=rng.choice([32, 64]), qk_nope_head_dim=rng.choice([16, 32]),
         qk_rope_head_dim=rng.choice([8, 16]), v_head_dim=rng.choice([16, 32]),
