@@ -1,4 +1,4 @@
-"""``python -m dslab COMMAND``: build, grade, doctor, run, data. ``python -m dslab COMMAND --help`` for details."""
+"""``python -m dslab COMMAND``: build, grade, doctor, run, coursemap, diagrams, data (``COMMAND --help``)."""
 
 from __future__ import annotations
 
@@ -26,21 +26,28 @@ def _build(a) -> int:
 
 
 def _grade(a) -> int:
-    from dslab.course.grade import Limits, grade, print_table
+    from dslab.course.grade import GraderChanged, Limits, grade, print_table
 
     missing = [p for p in a.submissions if not p.exists()]
     if missing:
         print(f"no such file or folder: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
     try:
-        limits = Limits(cell_seconds=a.cell_timeout, total_seconds=a.timeout, memory_mb=a.memory_mb)
+        limits = Limits(cell_seconds=a.cell_timeout, total_seconds=a.timeout, memory_mb=a.memory_mb,
+                        call_seconds=a.call_timeout)
+        reports = grade(a.submissions, a.out, lab=a.lab, seed=a.seed, grading_seed=a.grading_seed, jobs=a.jobs,
+                        limits=limits, sandbox=a.sandbox, resume=a.resume, allow_delegation=a.allow_delegation,
+                        gradescope=a.gradescope)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
-    reports = grade(a.submissions, a.out, lab=a.lab, seed=a.seed, grading_seed=a.grading_seed, jobs=a.jobs,
-                    limits=limits)
+    except GraderChanged as e:
+        print(f"grading stopped: {e}. Restore the package (e.g. `make setup`), then rerun with --resume.",
+              file=sys.stderr)
+        return 3
     print_table(reports)
-    print(f"reports in {a.out}/ (grades.csv and one JSON per submission)")
+    print(f"reports in {a.out}/: grades.csv, one JSON per submission, report.html and summary.png for the class"
+          + (", gradescope/<name>/results.json" if a.gradescope else ""))
     return 0
 
 
@@ -53,7 +60,30 @@ def _doctor(a) -> int:
 def _run(a) -> int:
     from dslab.course.run import run
 
-    return run(a.solutions, a.out, a.names, a.fast, a.update_solutions)
+    return run(a.solutions, a.out, a.names, a.fast, a.update_solutions, a.record)
+
+
+def _diagrams(a) -> int:
+    from dslab.course.diagrams import update
+
+    changed = update(a.solutions)
+    for line in changed:
+        print(f"redrew {line}")
+    print(f"{len(changed)} redrawn; `make labs` carries them into labs/" if changed else "diagrams up to date")
+    return 0
+
+
+def _coursemap(a) -> int:
+    from dslab.course.coursemap import update
+
+    stale = update(a.solutions, a.readme, check=a.check)
+    for line in stale:
+        print(("stale: " if a.check else "updated: ") + line)
+    if not stale:
+        print("course map and notebook headers are up to date")
+    elif not a.check:
+        print("run `make labs` to carry the headers into labs/")
+    return 1 if a.check and stale else 0
 
 
 def _data(a) -> int:
@@ -86,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--timeout", type=int, default=900, help="seconds per submission in total")
     g.add_argument("--memory-mb", type=int, default=4096,
                    help="MiB of data segment each submission's kernel may use (0: no cap, e.g. for CUDA)")
+    g.add_argument("--call-timeout", type=float, default=20.0,
+                   help="seconds per call of a learner's function on one hidden case")
+    g.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto",
+                   help="isolate each submission with bubblewrap (auto: when it works, else warn loudly)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue a stopped batch: regrade only submissions whose report is not in OUT/manifest.json")
+    g.add_argument("--gradescope", action="store_true",
+                   help="also write OUT/gradescope/<name>/results.json in Gradescope's autograder format")
+    g.add_argument("--allow-delegation", action="store_true",
+                   help="score exercises that call their reference implementation (they are still flagged)")
     g.set_defaults(func=_grade)
 
     d = sub.add_parser("doctor", help="check the environment")
@@ -98,7 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=Path("build/run"))
     r.add_argument("--solutions", type=Path, default=Path("solutions"))
     r.add_argument("--update-solutions", action="store_true", help="write executed notebooks back to solutions/")
+    r.add_argument("--record", action="store_true",
+                   help="keep each lab's time and key numbers in solutions/runs.json (for `python -m dslab coursemap`)")
     r.set_defaults(func=_run)
+
+    dg = sub.add_parser("diagrams", help="redraw each lab's diagrams into its solution notebook's markdown")
+    dg.add_argument("--solutions", type=Path, default=Path("solutions"))
+    dg.set_defaults(func=_diagrams)
+
+    cm = sub.add_parser("coursemap", help="write README's course map and each notebook's time from make run's records")
+    cm.add_argument("--check", action="store_true", help="exit 1 if README or a header is stale")
+    cm.add_argument("--solutions", type=Path, default=Path("solutions"))
+    cm.add_argument("--readme", type=Path, default=Path("README.md"))
+    cm.set_defaults(func=_coursemap)
 
     dt = sub.add_parser("data", help="regenerate the frozen splits in datasets/")
     dt.add_argument("--out", type=Path, default=Path("datasets"))

@@ -1,32 +1,47 @@
-"""The grader: full marks for solutions, zero for fresh labs, and a report for every way a submission can go wrong.
+"""The grader: full marks for solutions, zero for fresh labs, a report for every way one submission can go wrong, and
+a batch that holds against a class of determined students (each threat its own small hostile notebook).
 
-All submissions are graded in one batch (two at a time), as an instructor would, to keep the suite fast.
+All submissions are graded in one batch (two at a time), as an instructor would, to keep the suite fast. The batch
+runs in the bubblewrap sandbox; without bwrap the isolation tests are skipped with the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from dslab.course import grade as G
+from dslab.course.exercises import exercises
 from dslab.course.grade import Limits, grade
+from dslab.course.sandbox import bwrap_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "00_by_the_numbers.ipynb"
 LAB = ROOT / "labs" / "00_by_the_numbers.ipynb"
-pytestmark = pytest.mark.slow
+IDS = [ex.id for ex in exercises("00")]
+TARGETS = {ex.id: ex.target for ex in exercises("00")}
+FULL = sum(ex.points for ex in exercises("00"))
+POINTS = {ex.id: ex.points for ex in exercises("00")}
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bwrap_problem() is not None, reason=f"no sandbox: {bwrap_problem()}")]
+DAEMON_MARK = "dslab-test-daemon-7f3a"
 
 
-def _variant(tmp: Path, name: str, edit) -> Path:
-    nb = nbformat.read(SOLUTION, as_version=4)
-    edit(nb)
+def _nb(path: Path = SOLUTION):
+    return nbformat.read(path, as_version=4)
+
+
+def _write(tmp: Path, name: str, nb) -> Path:
     path = tmp / f"{name}.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
 
@@ -35,125 +50,347 @@ def _cell(nb, needle: str):
     return next(c for c in nb.cells if c.cell_type == "code" and needle in c.source)
 
 
-def _insert_after_setup(source: str):
-    def edit(nb):
-        idx = nb.cells.index(_cell(nb, "dslab.require"))
-        nb.cells.insert(idx + 1, nbformat.v4.new_code_cell(source))
-    return edit
+def _after_setup(nb, source: str):
+    nb.cells.insert(nb.cells.index(_cell(nb, "dslab.require")) + 1, nbformat.v4.new_code_cell(source))
+    return nb
 
 
-def _wrong_mla(nb):
-    cell = _cell(nb, "def mla_params")
-    cell.source = cell.source.split("### BEGIN SOLUTION")[0].rstrip(" ") + "    return 1\n"
+def _at_end(nb, source: str):
+    nb.cells.append(nbformat.v4.new_code_cell(source))
+    return nb
 
 
-def _hardcoded_mla(nb):  # passes the public check on V3 only if it were the only case; hidden cases catch it
-    cell = _cell(nb, "def mla_params")
-    cell.source = cell.source.split("### BEGIN SOLUTION")[0].rstrip(" ") + (
-        "    return {7168: 187_107_328, 2048: 13_763_072, 128: 67_648}.get(args.dim, 0)\n")
+def _replace_body(nb, target: str, body: str):
+    cell = _cell(nb, f"def {target}(")
+    cell.source = cell.source.split("### BEGIN SOLUTION")[0].rstrip(" ") + body
+    return nb
 
 
-def _cheat(nb):  # wrong answer plus attempts to tamper with the grading machinery inside the kernel
-    _wrong_mla(nb)
-    nb.cells.append(nbformat.v4.new_code_cell(
+# ----------------------------------------------------------------------------------------------- the submissions
+def _submissions(tmp: Path, out: Path) -> dict[str, Path]:
+    subs = tmp / "class"
+    first = IDS[0]
+    s = {}
+    s["solution"] = _write(subs, "solution", _nb())
+    s["lab"] = _write(subs, "lab", _nb(LAB))
+    s["wrong"] = _write(subs, "wrong", _replace_body(_nb(), TARGETS[first], "    return 1\n"))
+    s["cheat"] = _write(subs, "cheat", _at_end(_replace_body(_nb(), TARGETS[first], "    return 1\n"),
         "import dslab, dslab.course.exercises as E, dslab.course.grade as G\n"
-        "dslab.check = lambda *a, **k: print('all passed!')\n"
-        "E.compare_exact = lambda expected, got: None\n"
+        "dslab.check = lambda *a, **k: print('all passed!')\nE.compare_exact = lambda expected, got: None\n"
         "G.score = lambda *a, **k: []\n"))
-
-
-def _drop_parameters_tag(nb):
-    cell = _cell(nb, "FAST: bool")
-    cell.metadata["tags"] = []
-    cell.source += "\nassert SEED == 0 and FAST is False"  # still runs: the grader's values come right after
-    nb.cells.insert(nb.cells.index(cell) + 1, nbformat.v4.new_code_cell("assert FAST is True, 'FAST not injected'"))
-    del nb.cells[nb.cells.index(cell) + 1]  # keep the notebook as the student left it, minus the tag
-    nb.cells.append(nbformat.v4.new_code_cell("if FAST is not True:\n    raise RuntimeError('FAST was not injected')"))
+    s["sysexit"] = _write(subs, "sysexit", _after_setup(_nb(), "import sys\nsys.exit(3)"))
+    s["loop"] = _write(subs, "loop", _after_setup(_nb(), "while True:\n    pass"))
+    s["flood"] = _write(subs, "flood", _after_setup(_nb(), "for _ in range(4):\n    print('x' * 1_000_000)"))
+    s["hog"] = _write(subs, "hog", _after_setup(_nb(), "import numpy as np\nhog = np.ones(3 * 2**30 // 8)"))
+    notag = _nb()
+    params = _cell(notag, "FAST: bool")
+    params.metadata["tags"] = []
+    s["notag"] = _write(subs, "notag", _at_end(notag, "if FAST is not True:\n    raise RuntimeError('FAST was not "
+                                                       "injected')"))
+    # -- a class of determined students
+    peer_file, peer_report = s["solution"], out / "solution.json"
+    s["copy_peer"] = _write(subs, "copy_peer", _after_setup(_nb(LAB), f"""
+import glob, json, os
+found = []
+for pid in os.listdir('/proc'):
+    try:
+        found += [a for a in open(f'/proc/{{pid}}/cmdline').read().split('\\0') if a.endswith('.ipynb')]
+    except Exception:
+        pass
+found += glob.glob({str(subs)!r} + '/*.ipynb') + glob.glob({str(out)!r} + '/executed/*.ipynb')
+for path in found:
+    try:
+        for cell in json.load(open(path))['cells']:
+            src = ''.join(cell['source'])
+            if cell['cell_type'] == 'code' and src.lstrip().startswith('def '):
+                exec(src, globals())
+    except Exception:
+        pass
+print('peers found:', len(found))
+"""))
+    s["tamper"] = _write(subs, "tamper", _at_end(_nb(LAB), f"""
+import json, shutil
+for target, text in (({str(peer_report)!r}, json.dumps({{'score': 0, 'status': 'tampered'}})),
+                     ({str(peer_file)!r}, open({str(LAB)!r}).read())):
+    try:
+        open(target, 'w').write(text)
+        print('wrote', target)
+    except Exception as e:
+        print('could not write', target, type(e).__name__)
+"""))
+    s["daemon"] = _write(subs, "daemon", _at_end(_nb(LAB), f"""
+import subprocess, sys
+code = '''
+import json, os, time
+os.setsid()
+for _ in range(600):
+    try:
+        json.dump({{"score": 99, "status": "graded"}}, open({str(out / "daemon.json")!r}, "w"))
+        open({str(out / "grades.csv")!r}, "a").write("daemon,00,graded,99\\\\n")
+    except Exception:
+        pass
+    time.sleep(0.1)
+'''
+subprocess.Popen([sys.executable, '-c', code, '{DAEMON_MARK}'], start_new_session=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+"""))
+    s["peek"] = _write(subs, "peek", _after_setup(_nb(LAB), """
+import os
+seen = [k for k in os.environ if 'GRADE' in k or 'INPUT' in k]
+places = [p for p in os.listdir('.') if os.path.isfile(p)]
+places += [f'/proc/{os.getppid()}/{name}' for name in ('environ', 'fd/0', 'cmdline')]
+for path in places:
+    try:
+        if b'"forbidden"' in open(path, 'rb').read(1 << 24):
+            seen.append(path)
+    except Exception:
+        pass
+print('hidden inputs seen:', seen or 'NOTHING')
+"""))
+    import dslab.accounting as _acc  # noqa: F401 - the names the delegation lines use
+    s["delegate"] = _write(subs, "delegate", _at_end(_nb(LAB), "import dslab.accounting\n" + "\n".join(
+        f"{ex.target} = {ex.reference.__module__}.{ex.reference.__name__}" for ex in exercises("00")
+        if ex.forbidden and ex.reference.__module__ == "dslab.accounting")))
+    s["hang"] = _write(subs, "hang", _replace_body(_nb(), TARGETS[first], (
+        "    import time\n    if args.n_layers % 2:\n        while True:\n            time.sleep(0.1)\n"
+        "    return _mla_params_ok(args)\n")))
+    hang = _nb(s["hang"])
+    ok_cell = _cell(_nb(), f"def {TARGETS[first]}(").source.replace(f"def {TARGETS[first]}(", "def _mla_params_ok(")
+    hang.cells.insert(hang.cells.index(_cell(hang, f"def {TARGETS[first]}(")), nbformat.v4.new_code_cell(ok_cell))
+    nbformat.write(hang, s["hang"])
+    killer = _nb()
+    cell = _cell(killer, f"def {TARGETS[IDS[1]]}(")
+    cell.source += "\n\nimport os\nos._exit(1)\n"  # defines the exercise, then kills the kernel
+    s["killer"] = _write(subs, "killer", killer)
+    s["kill_grader"] = _write(subs, "kill_grader", _after_setup(_nb(), "import os, signal\ntry:\n    os.kill(-1, "
+                                                                       "signal.SIGKILL)\nexcept Exception:\n    pass"))
+    import dslab.labs.lab00_by_the_numbers.exercises as reg
+    s["poison"] = _write(subs, "poison", _at_end(_nb(LAB), f"""
+try:
+    open({reg.__file__!r}, 'a').write('\\nEXERCISES = []\\n')
+    print('poisoned')
+except Exception as e:
+    print('registry is read-only:', type(e).__name__)
+"""))
+    slow = _nb()
+    body = _cell(slow, f"def {TARGETS[first]}(")
+    body.source = body.source.replace("### BEGIN SOLUTION", "### BEGIN SOLUTION\n    import time\n    time.sleep(1.2)")
+    s["slow"] = _write(subs, "slow", slow)
+    (subs / "garbage.ipynb").write_text("{ this is not json", encoding="utf-8")
+    (subs / "notes.json").write_text(json.dumps({"hello": "world"}), encoding="utf-8")
+    s["garbage"], s["notes"] = subs / "garbage.ipynb", subs / "notes.json"
+    return s
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("submissions")
-    subs = {
-        "solution": tmp / "solution.ipynb",
-        "lab": tmp / "lab.ipynb",
-        "wrong": _variant(tmp, "wrong", _wrong_mla),
-        "hardcoded": _variant(tmp, "hardcoded", _hardcoded_mla),
-        "cheat": _variant(tmp, "cheat", _cheat),
-        "sysexit": _variant(tmp, "sysexit", _insert_after_setup("import sys\nsys.exit(3)")),
-        "osexit": _variant(tmp, "osexit", _insert_after_setup("import os\nos._exit(1)")),
-        "loop": _variant(tmp, "loop", _insert_after_setup("while True:\n    pass")),
-        "flood": _variant(tmp, "flood", _insert_after_setup("for _ in range(4):\n    print('x' * 1_000_000)")),
-        "notag": _variant(tmp, "notag", _drop_parameters_tag),
-        "hog": _variant(tmp, "hog", _insert_after_setup("import numpy as np\nhog = np.ones(3 * 2**30 // 8)")),
-    }
-    shutil.copy(SOLUTION, subs["solution"])
-    shutil.copy(LAB, subs["lab"])
-    (tmp / "garbage.ipynb").write_text("{ this is not json", encoding="utf-8")
-    (tmp / "notes.json").write_text(json.dumps({"hello": "world"}), encoding="utf-8")
-    (tmp / "essay.txt").write_text("my answers are in my head\n", encoding="utf-8")
-    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp.iterdir()}
-    out = tmp_path_factory.mktemp("grades")
-    limits = Limits(cell_seconds=20, total_seconds=240, memory_mb=2048)
-    reports = grade([tmp], out, grading_seed=7, jobs=2, limits=limits)
-    return {Path(r["submission"]).stem: r for r in reports}, digests, out
+    tmp = tmp_path_factory.mktemp("grading")
+    out = tmp / "out"
+    subs = _submissions(tmp, out)
+    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp / "class").iterdir()}
+    limits = Limits(cell_seconds=25, total_seconds=300, memory_mb=2048, call_seconds=4.0)
+    reports = grade([tmp / "class"], out, grading_seed=7, jobs=2, limits=limits, sandbox="bwrap")
+    return {Path(r["submission"]).stem: r for r in reports}, digests, out, subs
 
 
 def _points(report):
     return {e["id"]: e["points"] for e in report["exercises"]}
 
 
+def _output_of(report, needle: str) -> str:
+    nb = nbformat.read(report["executed_notebook"], as_version=4)
+    cell = _cell(nb, needle)
+    return "".join(o.get("text", "") for o in cell.outputs)
+
+
+# --------------------------------------------------------------------------------------------------- the basics
 def test_solution_scores_full_marks(batch):
     r = batch[0]["solution"]
-    assert r["status"] == "graded" and r["score"] == r["max_score"] == 6
-    assert all(e["message"].startswith("all") for e in r["exercises"])
+    assert r["status"] == "graded" and r["score"] == r["max_score"] == FULL and r["sandbox"] == "bwrap"
+    assert all(e["message"].startswith("all") for e in r["exercises"]) and not r["flags"]
 
 
 def test_fresh_lab_scores_zero_with_not_implemented(batch):
     r = batch[0]["lab"]
     assert r["status"] == "graded" and r["score"] == 0
-    assert [e["message"] for e in r["exercises"]] == ["not implemented"] * 3
+    assert [e["message"] for e in r["exercises"]] == ["not implemented"] * len(IDS)
 
 
 def test_one_wrong_exercise_loses_only_its_points(batch):
     r = batch[0]["wrong"]
-    assert _points(r) == {"00.mla_params": 0.0, "00.kv_bytes": 2.0, "00.moe_activated": 2.0}
-    assert "expected" in r["exercises"][0]["message"]
-
-
-def test_hidden_cases_catch_hard_coded_answers(batch):
-    assert _points(batch[0]["hardcoded"])["00.mla_params"] == 0.0
+    assert _points(r) == {**POINTS, IDS[0]: 0.0} and "expected" in r["exercises"][0]["message"]
 
 
 def test_tampering_inside_the_kernel_gains_nothing(batch):
-    r = batch[0]["cheat"]
-    assert _points(r)["00.mla_params"] == 0.0 and r["score"] == 4
+    assert _points(batch[0]["cheat"])[IDS[0]] == 0.0
 
 
-def test_sys_exit_is_reported_and_the_rest_is_graded(batch):
-    r = batch[0]["sysexit"]
-    assert r["score"] == 6 and any("sys.exit()" in p for p in r["problems"])
+@pytest.mark.parametrize("name, problem", [("sysexit", "sys.exit()"), ("loop", "interrupted"),
+                                           ("flood", "more output"), ("hog", "ran out of memory")])
+def test_a_broken_cell_is_reported_and_the_rest_is_graded(batch, name, problem):
+    r = batch[0][name]
+    assert r["score"] == FULL and any(problem in p for p in r["problems"]), r["problems"]
 
 
-def test_dead_kernel_is_reported_and_the_rest_is_graded(batch):
-    r = batch[0]["osexit"]
-    assert r["score"] == 6 and any("ended the kernel" in p for p in r["problems"])
+def test_missing_parameters_tag_is_restored_so_fast_is_injected(batch):
+    r = batch[0]["notag"]
+    assert r["score"] == FULL and not any("not injected" in p for p in r["problems"]), r["problems"]
 
 
-def test_endless_loop_is_interrupted_and_the_rest_is_graded(batch):
-    r = batch[0]["loop"]
-    assert r["score"] == 6 and any("interrupted" in p or "did not finish" in p for p in r["problems"])
+@pytest.mark.parametrize("name, status", [("garbage", "invalid-json"), ("notes", "not-a-notebook")])
+def test_broken_files_get_a_report_naming_the_problem(batch, name, status):
+    r = batch[0][name]
+    assert r["status"] == status and r["score"] == 0 and r["max_score"] == 0 and r["problems"]
 
 
-def test_output_flood_is_cut(batch):
-    r = batch[0]["flood"]
-    assert r["score"] == 6 and any("more output" in p for p in r["problems"])
-    assert Path(r["executed_notebook"]).stat().st_size < 4_000_000
+# ------------------------------------------------------------------------------------------ a determined class
+def test_a_kernel_cannot_find_or_copy_a_peer(batch):
+    r = batch[0]["copy_peer"]
+    assert r["score"] == 0 and "peers found: 0" in _output_of(r, "peers found")
 
 
-def test_memory_hog_hits_the_cap_and_the_rest_is_graded(batch):
-    r = batch[0]["hog"]
-    assert r["score"] == 6 and any("ran out of memory" in p and "2048 MiB" in p for p in r["problems"]), r["problems"]
+def test_a_kernel_cannot_touch_a_peers_report_or_file(batch):
+    reports, digests, out, subs = batch
+    assert reports["solution"]["score"] == FULL
+    assert hashlib.sha256(subs["solution"].read_bytes()).hexdigest() == digests[subs["solution"]]
+    assert json.loads((out / "solution.json").read_text())["score"] == FULL
+    assert "could not write" in _output_of(reports["tamper"], "could not write")
+
+
+def test_nothing_a_submission_started_outlives_it(batch):
+    """The daemon rewrites its own report and appends to grades.csv every 0.1 s for a minute, if it survives."""
+    reports, _, out, _ = batch
+    time.sleep(1.0)
+    assert [p for p in Path("/proc").glob("[0-9]*") if DAEMON_MARK in _cmdline(p)] == []
+    assert json.loads((out / "daemon.json").read_text())["score"] == reports["daemon"]["score"] == 0
+    rows = [line.split(",") for line in (out / "grades.csv").read_text().splitlines()[1:]]
+    assert [r[0] for r in rows].count("daemon") == 1 and all(r[3] != "99" for r in rows)
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_hidden_inputs_are_invisible_before_the_grading_cell(batch):
+    r = batch[0]["peek"]
+    assert r["score"] == 0 and "hidden inputs seen: NOTHING" in _output_of(r, "hidden inputs seen")
+    executed = Path(r["executed_notebook"]).read_text()
+    assert "_dslab_grade_cell" not in executed  # the grading cell's payload is never saved
+
+
+def test_delegating_to_the_reference_scores_zero_and_is_flagged(batch):
+    r = batch[0]["delegate"]
+    delegated = [e for e in r["exercises"] if e["delegated"]]
+    assert delegated and all(e["points"] == 0 and "delegation" in e["message"] for e in delegated)
+    assert any(f.startswith("delegation:") for f in r["flags"])
+
+
+def test_a_call_that_hangs_costs_only_its_cases(batch):
+    r = batch[0]["hang"]
+    rows = {e["id"]: e for e in r["exercises"]}
+    assert 0 < rows[IDS[0]]["cases_passed"] < rows[IDS[0]]["cases"], rows[IDS[0]]
+    assert "Timeout" in rows[IDS[0]]["message"]
+    assert all(rows[i]["points"] == POINTS[i] for i in IDS[1:])
+
+
+def test_a_cell_that_kills_the_kernel_keeps_the_exercise_it_defined(batch):
+    r = batch[0]["killer"]
+    assert r["score"] == FULL, r
+    assert any("keeping only that cell's imports and definitions" in p for p in r["problems"])
+
+
+def test_a_kernel_that_kills_everything_it_sees_hurts_only_itself(batch):
+    reports = batch[0]
+    assert reports["kill_grader"]["status"] in ("graded", "crashed", "kernel-died")
+    assert len(reports) == len(batch[1])  # every submission still has a report
+
+
+def test_the_package_is_read_only_to_kernels(batch):
+    r = batch[0]["poison"]
+    assert "registry is read-only" in _output_of(r, "registry is read-only")
+    import dslab.labs.lab00_by_the_numbers.exercises as reg
+
+    assert "EXERCISES = []" not in Path(reg.__file__).read_text()
+
+
+def test_honest_slow_code_gets_its_points(batch):
+    r = batch[0]["slow"]
+    assert r["score"] == FULL, r["exercises"]
+
+
+def test_submissions_are_never_modified_and_every_one_has_a_report(batch):
+    reports, digests, out, _ = batch
+    for path, digest in digests.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert len(reports) == len(digests)
+    rows = (out / "grades.csv").read_text().splitlines()
+    assert len(rows) == len(digests) + 1 and rows[0].startswith("name,lab,status,score,max_score")
+    manifest = json.loads((out / "manifest.json").read_text())
+    for r in reports.values():
+        text = (out / f"{r['name']}.json").read_text()
+        assert json.loads(text)["score"] == r["score"]
+        assert manifest["reports"][r["name"]]["report_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- resume, identity, CLI
+def test_resume_regrades_only_what_the_manifest_lacks(batch, tmp_path, monkeypatch):
+    reports, _, out, _ = batch
+    copy = tmp_path / "out"
+    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["reports"]["wrong"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    graded = []
+    real = G.grade_one
+    monkeypatch.setattr(G, "grade_one", lambda sub, *a, **k: graded.append(sub.name) or real(sub, *a, **k))
+    class_dir = Path(reports["solution"]["submission"]).parent
+    again = grade([class_dir], copy, jobs=2, limits=Limits(cell_seconds=25, total_seconds=300, memory_mb=2048,
+                                                           call_seconds=4.0), sandbox="bwrap", resume=True)
+    assert graded == ["wrong"]
+    assert {r["name"]: r["score"] for r in again} == {r["name"]: r["score"] for r in reports.values()}
+
+
+def test_the_grader_stops_when_its_own_package_changes(tmp_path, monkeypatch):
+    subs = tmp_path / "class"
+    subs.mkdir()
+    for i in range(3):
+        (subs / f"s{i}.ipynb").write_text("not json")
+    digests = iter(["a", "a", "a", "b", "b", "b", "b"])
+    monkeypatch.setattr(G, "package_digest", lambda: next(digests))
+    with pytest.raises(G.GraderChanged):
+        grade([subs], tmp_path / "out", jobs=1, sandbox="bwrap")
+    assert (tmp_path / "out" / "s0.json").exists()  # what was finished before the change is kept
+
+
+def test_report_names_are_unique_whatever_the_paths():
+    names = G.unique_names([Path("c2/sol.ipynb"), Path("c3/sol.ipynb"), Path("c3/sol-2.ipynb"), Path("x/sol.ipynb")])
+    assert len(set(names)) == 4 and "sol-2" in names
+
+
+def test_lab_is_taken_from_the_file_name_and_a_mismatch_is_flagged():
+    data = SOLUTION.read_bytes()
+    nb, lab, flags = G.read_submission(data, "03_mla.ipynb", None)
+    assert lab == "03" and any("lab mismatch" in f and "lab 00" in f for f in flags)
+    assert G.read_submission(data, "anything.ipynb", None)[1] == "00"
+    assert G.read_submission(data, "anything.ipynb", "01")[1] == "01"
+
+
+def test_nbformat_3_notebooks_are_converted():
+    v3 = {"nbformat": 3, "nbformat_minor": 0, "metadata": {"name": ""}, "worksheets": [{"cells": [
+        {"cell_type": "code", "input": "x = 1", "language": "python", "outputs": [], "metadata": {}}],
+        "metadata": {}}]}
+    nb, lab, flags = G.read_submission(json.dumps(v3).encode(), "00_mine.ipynb", None)
+    assert nb.nbformat == 4 and nb.cells[0].source == "x = 1" and "converted from nbformat 3" in flags
+
+
+def test_oversized_files_are_refused_before_parsing():
+    with pytest.raises(G.Rejected, match="MiB"):
+        G.read_submission(b" " * (2 * 2**20), "00_big.ipynb", None, Limits(max_notebook_mb=1))
+    big = Path(os.devnull)
+    assert G._read_json(big, 10) == {}
 
 
 def test_limits_are_validated():
@@ -163,38 +400,17 @@ def test_limits_are_validated():
         Limits(memory_mb=-1)
     with pytest.raises(ValueError, match="cell_seconds"):
         Limits(cell_seconds=0)
+    with pytest.raises(ValueError, match="call_seconds"):
+        Limits(call_seconds=0)
     with pytest.raises(ValueError, match="memory limit"):
         limit_memory(-5)
-    assert limit_memory(0) is False  # no cap asked: nothing set
-
-
-def test_missing_parameters_tag_is_restored_so_fast_is_injected(batch):
-    r = batch[0]["notag"]
-    assert r["score"] == 6 and not any("not injected" in p for p in r["problems"]), r["problems"]
-
-
-@pytest.mark.parametrize("name, status", [("garbage", "invalid-json"), ("notes", "not-a-notebook"),
-                                          ("essay", "invalid-json")])
-def test_broken_files_get_a_report_naming_the_problem(batch, name, status):
-    r = batch[0][name]
-    assert r["status"] == status and r["score"] == 0 and r["max_score"] == 0 and r["problems"]
-
-
-def test_submissions_are_never_modified_and_every_one_has_a_report(batch):
-    reports, digests, out = batch
-    for path, digest in digests.items():
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
-    assert len(reports) == len(digests)
-    rows = (out / "grades.csv").read_text().splitlines()
-    assert len(rows) == len(digests) + 1 and rows[0].startswith("name,lab,status,score,max_score")
-    for r in reports.values():
-        saved = json.loads((out / f"{r['name']}.json").read_text())
-        assert saved["score"] == r["score"] and "seconds" in saved
+    assert limit_memory(0) is False
 
 
 def test_cli_exit_codes(tmp_path):
     run = lambda *args: subprocess.run([sys.executable, "-m", "dslab", "grade", *args], capture_output=True, text=True)
-    bad = tmp_path / "bad.ipynb"
+    bad = tmp_path / "class" / "bad.ipynb"
+    bad.parent.mkdir()
     bad.write_text("nope")
     ok = run(str(bad), "--out", str(tmp_path / "out"))
     assert ok.returncode == 0 and "invalid-json" in ok.stdout

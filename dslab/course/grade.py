@@ -1,13 +1,18 @@
-"""``python -m dslab grade SUBMISSION... --out DIR``: execute each submission in its own process and score it.
+"""``python -m dslab grade SUBMISSION... --out DIR``: execute each submission in its own sandbox and score it.
 
-For each submission the grader draws hidden cases, runs the notebook with papermill (grader's SEED, FAST=True) plus a
-last cell that calls the learner's functions on those cases and saves the answers, then compares the answers with
-``dslab``'s reference *in this process*. Code in a submission can change what its own functions return, never the
-verdict. Submissions are only ever read; every one of them gets ``DIR/<name>.json`` and a row in ``DIR/grades.csv``.
+For each submission the grader draws hidden cases, runs a private copy of the notebook with papermill inside a
+bubblewrap sandbox (grader's SEED, FAST=True; see ``sandbox``), and hands the hidden cases to the kernel only in the
+last cell, which calls the learner's functions and saves what they return. The grader compares those answers with
+the reference *in its own process*: code in a submission can change what its own functions return, never the
+verdict, another submission's grade, or the grader. Submissions are only ever read; every one of them gets
+``DIR/<name>.json`` and a row in ``DIR/grades.csv``, written by the grader from its own memory after every process
+the submission started is gone; ``DIR/summary.png`` and ``DIR/report.html`` sum the class up. ``DIR/manifest.json``
+lists each finished report with its hash, so a batch that stopped can be resumed (``--resume``).
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import json
@@ -18,6 +23,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,33 +32,42 @@ from pathlib import Path
 
 import nbformat
 
+import dslab
 from dslab import __version__
 from dslab.course import answers as A
-from dslab.course.exercises import Exercise, exercises, lab_for_notebook, lab_modules
-
-COLLECT_SOURCE = (
-    "# dslab grading: answers the hidden cases; the verdict is computed outside this kernel\n"
-    "import json as _j, os as _o\n"
-    "from dslab.course.answers import answer_all as _dslab_answer_all\n"
-    "with open(_o.environ['DSLAB_GRADE_INPUTS']) as _f:\n"
-    "    _dslab_request = _j.load(_f)\n"
-    "with open(_o.environ['DSLAB_GRADE_OUTPUTS'], 'w') as _f:\n"
-    "    _j.dump(_dslab_answer_all(globals(), _dslab_request, 20.0), _f)"
+from dslab.course import report as class_report
+from dslab.course.delegation import static_delegation
+from dslab.course.execute import ANSWERS, GRADING_TAG, PLACEHOLDER, grading_budget
+from dslab.course.exercises import Exercise, exercises, lab_for_notebook, lab_modules, notebook_of
+from dslab.course.sandbox import (
+    become_subreaper,
+    bwrap_command,
+    descendants,
+    kill_descendants,
+    resolve,
+    sandbox_env,
+    unmaskable,
 )
+
 _ASSIGN = {name: re.compile(rf"^{name}\s*(:[^=]*)?=", re.M) for name in ("SEED", "FAST")}
+MAX_STATE_BYTES = 1_000_000
+MAX_EXECUTED_BYTES = 40_000_000
+MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
 class Limits:
-    cell_seconds: int = 120
-    total_seconds: int = 900
-    retries: int = 2  # re-runs without a cell that killed or hung the kernel
+    cell_seconds: int = 120  # per cell of the learner's notebook
+    total_seconds: int = 900  # per submission, before the grading cell (whose budget grows with its calls)
+    call_seconds: float = 20.0  # per call of a learner's function on one hidden case
+    retries: int = 2  # re-runs after a cell killed or hung the kernel
     memory_mb: int = 4096  # data-segment cap of the kernel (0: none; a CUDA kernel may need it off)
+    max_notebook_mb: float = 20.0  # a bigger submission is refused before it is parsed
 
     def __post_init__(self):
-        for name in ("cell_seconds", "total_seconds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Limits.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("cell_seconds", "total_seconds", "call_seconds", "max_notebook_mb"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)}")
         if self.retries < 0 or self.memory_mb < 0:
             raise ValueError(f"Limits.retries and Limits.memory_mb must be >= 0, got {self.retries}, {self.memory_mb}")
 
@@ -64,27 +80,42 @@ class Rejected(Exception):
         self.status = status
 
 
-def read_submission(path: Path, lab: str | None) -> tuple[nbformat.NotebookNode, str]:
-    """Parse a submission (read-only) -> (notebook, lab id), or raise Rejected naming the problem."""
+class GraderChanged(RuntimeError):
+    """The grader's own code or exercise registry changed while a batch ran."""
+
+
+# ------------------------------------------------------------------------------------------------ reading input
+def read_submission(data: bytes, filename: str, lab: str | None,
+                    limits: Limits = Limits()) -> tuple[nbformat.NotebookNode, str, list[str]]:
+    """Parse a submission's bytes -> (notebook v4, lab to grade it as, flags), or raise Rejected naming the problem.
+
+    The lab is ``lab`` (``--lab``) if given, else the number its file name starts with, else its own metadata. When the
+    notebook's own lab differs from the one it is graded as, it is graded as the expected one and flagged.
+    """
+    if len(data) > limits.max_notebook_mb * 2**20:
+        raise Rejected("too-large", f"the file is {len(data) / 2**20:.1f} MiB; the grader reads notebooks up to "
+                                    f"{limits.max_notebook_mb:g} MiB")
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise Rejected("unreadable", f"cannot read the file: {e}") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
+        parsed = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise Rejected("invalid-json", f"the file is not valid JSON ({e}); was it saved from Jupyter?") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-        raise Rejected("not-a-notebook", "the file is JSON but not a Jupyter notebook (no 'cells' list)")
+    if not isinstance(parsed, dict) or not (isinstance(parsed.get("cells"), list)
+                                            or isinstance(parsed.get("worksheets"), list)):
+        raise Rejected("not-a-notebook", "the file is JSON but not a Jupyter notebook (no cells)")
     try:
-        nb = nbformat.reads(json.dumps(data), as_version=4)
+        nb = nbformat.reads(json.dumps(parsed), as_version=4)  # converts nbformat 3 notebooks
     except Exception as e:  # noqa: BLE001 - nbformat raises many kinds
         raise Rejected("not-a-notebook", f"the notebook cannot be read: {type(e).__name__}: {e}") from None
-    stem = nb.metadata.get("dslab", {}).get("notebook", "")
-    lab = lab or lab_for_notebook(stem) or _lab_from_filename(path.name)
-    if lab is None:
+    flags = ["converted from nbformat 3"] if parsed.get("nbformat") == 3 else []
+    own = lab_for_notebook(str(nb.metadata.get("dslab", {}).get("notebook", "")))
+    expected = lab or _lab_from_filename(filename)
+    if expected is None and own is None:
         raise Rejected("unknown-lab", "cannot tell which lab this is (no dslab metadata, no NN_ file name); use --lab")
-    return nb, lab
+    if expected is not None and expected not in lab_modules():
+        raise Rejected("unknown-lab", f"lab {expected} has no exercises; labs: {', '.join(sorted(lab_modules()))}")
+    if expected and own and own != expected:
+        flags.append(f"lab mismatch: the notebook is lab {own} ({notebook_of(own)}), graded as lab {expected}")
+    return nb, expected or own, flags
 
 
 def _lab_from_filename(name: str) -> str | None:
@@ -93,8 +124,10 @@ def _lab_from_filename(name: str) -> str | None:
 
 
 def prepare(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy with outputs cleared, the ``parameters`` tag restored if the learner dropped it, and the collect cell."""
+    """A copy with outputs cleared, the ``parameters`` tag restored if the learner dropped it, and the grading cell
+    (a placeholder: the executor fills it in when it runs)."""
     nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    nb.cells = [c for c in nb.cells if GRADING_TAG not in c.metadata.get("tags", [])]
     code = [c for c in nb.cells if c.cell_type == "code"]
     for cell in code:
         cell.outputs, cell.execution_count = [], None
@@ -104,9 +137,21 @@ def prepare(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             if all(p.search(cell.source) for p in _ASSIGN.values()):
                 cell.metadata.setdefault("tags", []).append("parameters")
                 break
-    nb.cells.append(nbformat.v4.new_code_cell(COLLECT_SOURCE, metadata={"tags": ["dslab-grading"]}))
+    nb.cells.append(nbformat.v4.new_code_cell(PLACEHOLDER, metadata={"tags": [GRADING_TAG]}))
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
+
+
+def definitions_only(source: str) -> str | None:
+    """The imports, functions and classes of a cell, without its other statements (None if it does not parse):
+    what the grader keeps of a cell that killed or hung the kernel, so the exercises it defined still count."""
+    try:
+        tree = ast.parse("\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines()))
+    except SyntaxError:
+        return None
+    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    kept = [ast.get_source_segment(source, n, padded=True) for n in tree.body if isinstance(n, keep)]
+    return "\n".join(k for k in kept if k) or None
 
 
 def draw_cases(exs: list[Exercise], seed: int) -> dict[str, list]:
@@ -114,84 +159,44 @@ def draw_cases(exs: list[Exercise], seed: int) -> dict[str, list]:
     return {ex.id: ex.hidden_cases(rng) for ex in exs}
 
 
-def score(exs: list[Exercise], cases: dict, answers: dict, why_missing: str) -> list[dict]:
+# ---------------------------------------------------------------------------------------------------- scoring
+def score(exs: list[Exercise], cases: dict, answers: dict, why_missing: str, delegated: dict[str, list[str]],
+          allow_delegation: bool = False) -> list[dict]:
     """Compare the learner's answers with the reference, here in the grader's process."""
     rows = []
     for ex in exs:
         got, passed, message = answers.get(ex.id), 0, ""
+        results = got.get("results", []) if isinstance(got, dict) else []
+        called = sorted({name for r in results if isinstance(r, dict) for name in r.get("called", [])})
+        uses = sorted(set(delegated.get(ex.id, [])) | set(called))
         if got is None:
             message = why_missing
-        elif "missing" in got:
-            message = got["missing"]
+        elif not isinstance(got, dict) or "missing" in got:
+            message = str(got.get("missing")) if isinstance(got, dict) else "unreadable answers"
         else:
-            for case, res in zip(cases[ex.id], got.get("results", [])):
-                if "error" in res:
-                    err = "not implemented" if res["error"] == "NotImplementedError" else res["error"]
-                    message = message or f"case '{case.label}': {err}: {res['message']}"
-                    continue
-                diff = A.judge(ex, case, res)
+            for case, res in zip(cases[ex.id], results):
+                diff = A.judge(ex, case, res) if isinstance(res, dict) else "unreadable answer"
                 if diff is None:
                     passed += 1
-                else:
-                    message = message or f"case '{case.label}': {diff}"
+                elif not message:
+                    message = f"case '{case.label}': {'not implemented' if diff.startswith('NotImpl') else diff}"
         n = len(cases[ex.id])
-        if answers.get(ex.id) is not None and "missing" not in answers[ex.id] and passed == n:
+        if isinstance(got, dict) and "missing" not in got and passed == n:
             message = f"all {n} hidden cases passed"
         if message.startswith("case") and "not implemented" in message and passed == 0:
             message = "not implemented"
         points = round(ex.points * passed / n, 2) if n else 0.0
+        if uses and not allow_delegation:
+            points, message = 0.0, f"uses {', '.join(uses)}, which this exercise may not call (delegation)"
         rows.append({"id": ex.id, "number": ex.number, "points": points, "max_points": ex.points,
-                     "cases_passed": passed, "cases": n, "message": message})
+                     "cases_passed": passed, "cases": n, "message": message, "delegated": uses})
     return rows
 
 
-def _kill(state_path: Path, proc: subprocess.Popen) -> None:
-    pids = [proc.pid]
-    try:
-        pids.append(int(json.loads(state_path.read_text())["kernel_pid"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    for pid in pids:
-        for kill in (lambda p: os.killpg(os.getpgid(p), signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
-            try:
-                kill(pid)
-            except (OSError, ProcessLookupError):
-                pass
-
-
-def run_once(nb: nbformat.NotebookNode, work: Path, executed: Path, seed: int, limits: Limits) -> dict:
-    """Execute ``nb`` in a separate process within the time limits -> the outcome recorded by dslab.course.execute."""
-    src, state = work / "prepared.ipynb", work / "state.json"
-    nbformat.write(nb, src)
-    state.unlink(missing_ok=True)
-    env = dict(os.environ, DSLAB_HEADLESS="1", TQDM_DISABLE="1", MPLBACKEND="Agg",
-               DSLAB_GRADE_INPUTS=str(work / "inputs.json"), DSLAB_GRADE_OUTPUTS=str(work / "answers.json"))
-    cmd = [sys.executable, "-m", "dslab.course.execute", str(src), str(executed), "--state", str(state),
-           "--params", json.dumps({"SEED": seed, "FAST": True}), "--cell-timeout", str(limits.cell_seconds),
-           "--memory-mb", str(limits.memory_mb)]
-    with open(work / "execute.log", "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=limits.total_seconds)
-        except subprocess.TimeoutExpired:
-            _kill(state, proc)
-            proc.wait()
-            outcome = json.loads(state.read_text()) if state.exists() else {}
-            return {"status": "timeout", "cell": outcome.get("cell"),
-                    "evalue": f"the notebook ran past the total limit of {limits.total_seconds} s"}
-    if not state.exists():
-        return {"status": "crashed", "evalue": f"the executor exited with code {proc.returncode}; see execute.log"}
-    outcome = json.loads(state.read_text())
-    return outcome if outcome.get("status") != "running" else {**outcome, "status": "crashed"}
-
-
-def describe_errors(executed: Path, memory_mb: int = 0) -> list[str]:
+def describe_errors(nb: nbformat.NotebookNode | None, memory_mb: int = 0) -> list[str]:
     """One line per error output in the executed notebook, naming sys.exit(), interrupts and the memory cap plainly."""
-    if not executed.exists():
-        return []
     lines = []
-    nb = nbformat.read(executed, as_version=4)
-    for i, cell in enumerate(nb.cells):
+    for i, cell in enumerate(nb.cells if nb is not None else []):
         for out in cell.get("outputs", []):
             if out.get("output_type") != "error":
                 continue
@@ -207,79 +212,134 @@ def describe_errors(executed: Path, memory_mb: int = 0) -> list[str]:
     return lines
 
 
-def grade_notebook(nb: nbformat.NotebookNode, lab: str, work: Path, executed: Path, seed: int, grading_seed: int,
-                   limits: Limits) -> dict:
+# ------------------------------------------------------------------------------------------------ one execution
+def _read_json(path: Path, limit: int) -> dict:
+    """A JSON file the submission could have written: size-checked before parsing; {} when absent or unreadable."""
+    try:
+        if not path.is_file() or path.stat().st_size > limit:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and everything below it (its process group and every descendant found in /proc)."""
+    victims = descendants(proc.pid)
+    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+        try:
+            kill()
+        except (OSError, ProcessLookupError):
+            pass
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def run_once(nb: nbformat.NotebookNode, work: Path, request: dict, seed: int, limits: Limits, sandbox: str,
+             masks: list[Path]) -> tuple[dict, nbformat.NotebookNode | None, dict]:
+    """Execute ``nb`` once in ``work`` (inside the sandbox) -> (outcome, executed notebook, answers)."""
+    for leftover in ("executed.ipynb", "state.json", ANSWERS, "submission.ipynb"):
+        (work / leftover).unlink(missing_ok=True)
+    nbformat.write(nb, work / "submission.ipynb")
+    cmd = [sys.executable, "-m", "dslab.course.execute", "submission.ipynb", "executed.ipynb", "--state", "state.json",
+           "--params", json.dumps({"SEED": seed, "FAST": True}), "--cell-timeout", str(limits.cell_seconds),
+           "--call-seconds", str(limits.call_seconds), "--memory-mb", str(limits.memory_mb)]
+    env = sandbox_env(work)
+    if sandbox == "bwrap":
+        cmd = bwrap_command(cmd, work, masks, env)
+    deadline = limits.total_seconds + grading_budget(request, limits.call_seconds)
+    with open(work / "execute.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.stdin.write(json.dumps(request).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            proc.wait(timeout=deadline)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        _kill_tree(proc)
+        proc.wait()
+    state = _read_json(work / "state.json", MAX_STATE_BYTES)
+    executed = None
+    if (work / "executed.ipynb").is_file() and (work / "executed.ipynb").stat().st_size <= MAX_EXECUTED_BYTES:
+        try:
+            executed = nbformat.read(work / "executed.ipynb", as_version=4)
+        except Exception:  # noqa: BLE001 - a mangled executed notebook is the submission's problem
+            executed = None
+    if timed_out:
+        outcome = {"status": "timeout", "cell": state.get("cell"),
+                   "evalue": f"the notebook ran past the total limit of {deadline} s"}
+    elif not state:
+        outcome = {"status": "crashed", "evalue": f"the executor exited with code {proc.returncode}; see execute.log"}
+    else:
+        outcome = state if state.get("status") != "running" else {**state, "status": "crashed"}
+    return outcome, executed, _read_json(work / ANSWERS, 4 * A.MAX_BYTES)
+
+
+def execute_with_recovery(nb: nbformat.NotebookNode, work: Path, request: dict, seed: int, limits: Limits,
+                          sandbox: str, masks: list[Path]) -> tuple[dict, nbformat.NotebookNode | None, dict, list]:
+    """Run, and when a cell kills or hangs the kernel, run again keeping only that cell's definitions (then without
+    the cell at all), so an error costs only the exercises it breaks."""
+    prepared, problems, trimmed = prepare(nb), [], set()
+    for attempt in range(limits.retries + 1):
+        outcome, executed, answers = run_once(prepared, work, request, seed, limits, sandbox, masks)
+        status, cell = outcome.get("status"), outcome.get("cell")
+        if status not in ("kernel-died", "timeout") or not isinstance(cell, int) or attempt == limits.retries:
+            break
+        if not 0 <= cell < len(prepared.cells) or GRADING_TAG in prepared.cells[cell].metadata.get("tags", []):
+            break  # the grading cell itself: each call has its own limit, nothing to trim
+        what = "ended the kernel" if status == "kernel-died" else "did not finish in time"
+        kept = None if cell in trimmed else definitions_only(prepared.cells[cell].source)
+        if kept and kept != prepared.cells[cell].source:
+            problems.append(f"cell {cell} {what} ({str(outcome.get('evalue', ''))[:120]}); re-ran the notebook "
+                            f"keeping only that cell's imports and definitions")
+            prepared.cells[cell] = nbformat.v4.new_code_cell(f"# trimmed by the grader: this cell {what}\n{kept}")
+            trimmed.add(cell)
+        else:
+            problems.append(f"cell {cell} {what} ({str(outcome.get('evalue', ''))[:120]}); re-ran the notebook "
+                            f"without it")
+            prepared.cells[cell] = nbformat.v4.new_code_cell(f"# removed by the grader: this cell {what}")
+    return outcome, executed, answers, problems
+
+
+def grade_notebook(nb: nbformat.NotebookNode, lab: str, work: Path, seed: int, grading_seed: int, limits: Limits,
+                   sandbox: str, masks: list[Path], allow_delegation: bool = False
+                   ) -> tuple[dict, nbformat.NotebookNode | None]:
     exs = exercises(lab)
     cases = draw_cases(exs, grading_seed)
     request = {"exercises": [{"id": ex.id, "target": ex.target, "cases": [A.to_json(c.args) for c in cases[ex.id]],
                               "forbidden": list(ex.forbidden)} for ex in exs]}
-    (work / "inputs.json").write_text(json.dumps(request), encoding="utf-8")
-    prepared, problems = prepare(nb), []
-    for attempt in range(limits.retries + 1):
-        (work / "answers.json").unlink(missing_ok=True)
-        outcome = run_once(prepared, work, executed, seed, limits)
-        status, cell = outcome["status"], outcome.get("cell")
-        if status not in ("kernel-died", "timeout") or cell is None or attempt == limits.retries:
-            break
-        what = "ended the kernel" if status == "kernel-died" else "did not finish in time"
-        problems.append(f"cell {cell} {what} ({outcome.get('evalue', '')[:120]}); re-ran the notebook without it")
-        prepared.cells[cell] = nbformat.v4.new_code_cell(f"# removed by the grader: this cell {what}")
-    answers_path = work / "answers.json"
-    answers = json.loads(answers_path.read_text()) if answers_path.exists() else {}
+    sources = [c.source for c in nb.cells if c.cell_type == "code"]
+    delegated = {ex.id: static_delegation(sources, ex.target, ex.forbidden) for ex in exs}
+    outcome, executed, answers, problems = execute_with_recovery(nb, work, request, seed, limits, sandbox, masks)
+    status = outcome.get("status")
     if status in ("kernel-died", "timeout", "crashed"):
         problems.append(f"{status}: {outcome.get('evalue', '')}".strip())
     problems += describe_errors(executed, limits.memory_mb)
-    if outcome.get("flooded") is not None or _flooded(executed):
+    if executed is not None and any("[dslab grader: further output" in str(o.get("text", ""))
+                                    for c in executed.cells for o in c.get("outputs", [])):
         problems.append("the notebook printed more output than the grader keeps; the rest was dropped")
     why_missing = "the grading cell did not run (see problems)" if not answers else "not answered"
-    rows = score(exs, cases, answers, why_missing)
+    rows = score(exs, cases, answers, why_missing, delegated, allow_delegation)
     final = "graded" if status in ("ok", "cell-errors") and answers else status if status != "ok" else "no-answers"
-    return {"status": final, "problems": problems, "exercises": rows}
+    return {"status": final, "problems": problems, "exercises": rows}, executed
 
 
-def _flooded(executed: Path) -> bool:
-    return executed.exists() and "[dslab grader: further output" in executed.read_text(encoding="utf-8")
-
-
-def grade_one(path: Path, name: str, out: Path, lab: str | None, seed: int, grading_seed: int,
-              limits: Limits) -> dict:
-    """Grade one submission and write ``out/<name>.json``; never raises for a bad submission."""
-    t0 = time.perf_counter()
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        digest = None
-    executed = out / "executed" / f"{name}.ipynb"
-    work = out / ".work" / name
-    report = {"submission": str(path), "name": name, "sha256": digest, "grader_version": __version__,
-              "seed": seed, "grading_seed": grading_seed, "executed_notebook": None}
-    try:
-        nb, lab_id = read_submission(path, lab)
-        work.mkdir(parents=True, exist_ok=True)
-        executed.parent.mkdir(parents=True, exist_ok=True)
-        report["lab"] = lab_id
-        report.update(grade_notebook(nb, lab_id, work, executed, seed, grading_seed, limits))
-        report["executed_notebook"] = str(executed) if executed.exists() else None
-    except Rejected as e:
-        report.update(lab=lab, status=e.status, problems=[str(e)], exercises=[])
-    except Exception as e:  # noqa: BLE001 - a grader bug must still leave a report for this submission
-        report.update(status="grader-error", problems=[f"{type(e).__name__}: {e}"],
-                      exercises=report.get("exercises", []))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    rows = report.get("exercises", [])
-    report["score"] = round(sum(r["points"] for r in rows), 2)
-    report["max_score"] = sum(r["max_points"] for r in rows) or _max_for(report.get("lab"))
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return report
-
-
-def _max_for(lab: str | None) -> int:
-    try:
-        return sum(ex.points for ex in exercises(lab)) if lab else 0
-    except ValueError:
-        return 0
+# ---------------------------------------------------------------------------------------------- the whole batch
+@dataclass
+class Submission:
+    path: Path
+    name: str
+    data: bytes | None  # the private copy, read once
+    sha256: str | None
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -294,44 +354,196 @@ def expand(paths: list[Path]) -> list[Path]:
 
 
 def unique_names(files: list[Path]) -> list[str]:
-    names, seen = [], {}
-    for f in files:
-        base = re.sub(r"[^A-Za-z0-9_.-]", "_", f.stem) or "submission"
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
-    return names
+    """A report name per file, unique whatever the input paths: the file's stem, qualified by its folder when another
+    file has the same stem, and numbered when a name still collides (e.g. with another file's stem)."""
+    clean = lambda s: re.sub(r"[^A-Za-z0-9_.-]", "_", s) or "submission"  # noqa: E731
+    stems = [clean(f.stem) for f in files]
+    wanted = [stem if stems.count(stem) == 1 else f"{clean(f.resolve().parent.name)}__{stem}"
+              for f, stem in zip(files, stems)]
+    used, final = set(), []
+    for name in wanted:
+        candidate, k = name, 2
+        while candidate in used:
+            candidate, k = f"{name}-{k}", k + 1
+        used.add(candidate)
+        final.append(candidate)
+    return final
 
 
-def write_csv(reports: list[dict], path: Path) -> None:
+def package_digest() -> str:
+    """sha256 of the grader's own code and exercise registry (every .py and .json file of the dslab package)."""
+    root = Path(dslab.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> str:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def report_text(report: dict) -> str:
+    return json.dumps(report, indent=2, sort_keys=True) + "\n"
+
+
+def grade_one(sub: Submission, out: Path, lab: str | None, seed: int, grading_seed: int, limits: Limits,
+              sandbox: str, masks: list[Path], warning: str | None, allow_delegation: bool = False) -> dict:
+    """Grade one submission -> its report (not yet written); never raises for a bad submission."""
+    t0 = time.perf_counter()
+    report = {"submission": str(sub.path), "name": sub.name, "sha256": sub.sha256, "grader_version": __version__,
+              "seed": seed, "grading_seed": grading_seed, "executed_notebook": None, "lab": lab, "flags": [],
+              "sandbox": sandbox}
+    work = Path(tempfile.mkdtemp(prefix=f"dslab-grade-{sub.name}-"))
+    try:
+        if sub.data is None:
+            raise Rejected("unreadable", "cannot read the file")
+        nb, lab_id, flags = read_submission(sub.data, sub.path.name, lab, limits)
+        report.update(lab=lab_id, flags=flags)
+        result, executed = grade_notebook(nb, lab_id, work, seed, grading_seed, limits, sandbox, masks,
+                                          allow_delegation)
+        report.update(result)
+        if executed is not None:
+            path = out / "executed" / f"{sub.name}.ipynb"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(path, nbformat.writes(executed))
+            report["executed_notebook"] = str(path)
+    except Rejected as e:
+        report.update(status=e.status, problems=[str(e)], exercises=[])
+    except Exception as e:  # noqa: BLE001 - a grader bug must still leave a report for this submission
+        report.update(status="grader-error", problems=[f"{type(e).__name__}: {e}"],
+                      exercises=report.get("exercises", []))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows = report.get("exercises", [])
+    report["flags"] += [f"delegation: {r['id']} uses {', '.join(r['delegated'])}" for r in rows if r.get("delegated")]
+    if warning:
+        report["flags"].append(warning)
+    report["score"] = round(sum(r["points"] for r in rows), 2)
+    report["max_score"] = sum(r["max_points"] for r in rows) or _max_for(report.get("lab"))
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def _max_for(lab: str | None) -> int:
+    try:
+        return sum(ex.points for ex in exercises(lab)) if lab else 0
+    except ValueError:
+        return 0
+
+
+def csv_text(reports: list[dict]) -> str:
+    import io
+
     ids = sorted({r["id"] for rep in reports for r in rep.get("exercises", [])})
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["name", "lab", "status", "score", "max_score", "seconds", *ids, "submission"])
-        for rep in reports:
-            pts = {r["id"]: r["points"] for r in rep.get("exercises", [])}
-            w.writerow([rep["name"], rep.get("lab") or "", rep["status"], rep["score"], rep["max_score"],
-                        rep["seconds"], *[pts.get(i, "") for i in ids], rep["submission"]])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["name", "lab", "status", "score", "max_score", "seconds", *ids, "flags", "submission"])
+    for rep in reports:
+        pts = {r["id"]: r["points"] for r in rep.get("exercises", [])}
+        w.writerow([rep["name"], rep.get("lab") or "", rep["status"], rep["score"], rep["max_score"], rep["seconds"],
+                    *[pts.get(i, "") for i in ids], " | ".join(rep.get("flags", [])), rep["submission"]])
+    return buf.getvalue()
 
 
 def print_table(reports: list[dict]) -> None:
     width = max([len(r["name"]) for r in reports] + [10])
-    print(f"{'submission':<{width}}  lab  {'status':<14} {'score':>11}  seconds  first problem")
+    print(f"{'submission':<{width}}  lab  {'status':<14} {'score':>11}  seconds  first problem or flag")
     for r in reports:
-        first = (r.get("problems") or [""])[0][:70]
+        first = ((r.get("problems") or []) + (r.get("flags") or []) + [""])[0][:70]
         print(f"{r['name']:<{width}}  {r.get('lab') or '--':<3}  {r['status']:<14} "
               f"{r['score']:>5g} / {r['max_score']:<3g}  {r['seconds']:>7.1f}  {first}")
 
 
+def _load_manifest(out: Path) -> dict:
+    data = _read_json(out / MANIFEST, 50_000_000)
+    return data if data.get("grader") == "dslab" else {}
+
+
 def grade(paths: list[Path], out: Path, lab: str | None = None, seed: int = 0, grading_seed: int | None = None,
-          jobs: int = 1, limits: Limits = Limits()) -> list[dict]:
-    """Grade a batch; returns the reports (also written to ``out``)."""
+          jobs: int = 1, limits: Limits = Limits(), sandbox: str = "auto", resume: bool = False,
+          allow_delegation: bool = False, gradescope: bool = False) -> list[dict]:
+    """Grade a batch; returns the reports (also written to ``out``). Raises GraderChanged (after saving what was
+    finished) when the grader's own code changes during the batch."""
+    mode, warning = resolve(sandbox)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     files = expand(paths)
     out.mkdir(parents=True, exist_ok=True)
+    manifest = _load_manifest(out) if resume else {}
+    if resume and manifest:
+        if grading_seed is not None and grading_seed != manifest.get("grading_seed"):
+            raise ValueError(f"--resume continues the batch graded with --grading-seed {manifest['grading_seed']}; "
+                             f"got {grading_seed}")
+        grading_seed = manifest["grading_seed"]
     grading_seed = random.SystemRandom().randrange(2**31) if grading_seed is None else grading_seed
     names = unique_names(files)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        reports = list(pool.map(lambda fn: grade_one(fn[0], fn[1], out, lab, seed, grading_seed, limits),
-                                zip(files, names)))
-    write_csv(reports, out / "grades.csv")
-    shutil.rmtree(out / ".work", ignore_errors=True)
-    return reports
+    subs = []
+    for path, name in zip(files, names):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = None
+        subs.append(Submission(path, name, data, hashlib.sha256(data).hexdigest() if data is not None else None))
+    masks = [out.resolve(), *{p.resolve().parent for p in files}]
+    hidden_masks = unmaskable(masks)
+    if mode == "bwrap" and hidden_masks:
+        warning = (f"cannot hide {', '.join(map(str, hidden_masks))} from kernels (it holds the Python environment or "
+                   f"the dslab package): keep submissions and --out in folders of their own")
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    masks = [m for m in masks if m not in hidden_masks]
+    if mode == "none":
+        become_subreaper()
+    digest = package_digest()
+    done = manifest.get("reports", {}) if manifest else {}
+    manifest = {"grader": "dslab", "grading_seed": grading_seed, "package": digest, "reports": dict(done)}
+    reports: dict[str, dict] = {}
+    lock = threading.Lock()
+
+    def finish(report: dict) -> None:
+        with lock:
+            reports[report["name"]] = report
+            sha = _write_atomic(out / f"{report['name']}.json", report_text(report))
+            manifest["reports"][report["name"]] = {"submission_sha256": report["sha256"], "report_sha256": sha}
+            _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+    def grade_submission(sub: Submission) -> None:
+        entry = done.get(sub.name, {})
+        if entry and entry.get("submission_sha256") == sub.sha256:
+            saved = out / f"{sub.name}.json"
+            text = saved.read_text(encoding="utf-8") if saved.is_file() else ""
+            if hashlib.sha256(text.encode()).hexdigest() == entry.get("report_sha256"):
+                reports[sub.name] = json.loads(text)
+                return
+        if package_digest() != digest:
+            raise GraderChanged("the dslab package (the grader's code or exercise registry) changed during the batch")
+        report = grade_one(sub, out, lab, seed, grading_seed, limits, mode, masks, warning, allow_delegation)
+        if mode == "none" and jobs == 1:
+            kill_descendants()  # anything the submission left running outside a sandbox
+        if package_digest() != digest:
+            raise GraderChanged(f"the dslab package changed while {sub.name} was graded; its report is not trusted")
+        finish(report)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for future in [pool.submit(grade_submission, s) for s in subs]:
+                future.result()
+    finally:
+        if mode == "none":
+            kill_descendants()
+    ordered = [reports[s.name] for s in subs]
+    for report in ordered:  # rewritten from memory, then read back: what is on disk is what was graded
+        sha = _write_atomic(out / f"{report['name']}.json", report_text(report))
+        if hashlib.sha256((out / f"{report['name']}.json").read_bytes()).hexdigest() != sha:
+            raise GraderChanged(f"{out / report['name']}.json changed while being written")
+        manifest["reports"][report["name"]] = {"submission_sha256": report["sha256"], "report_sha256": sha}
+    _write_atomic(out / "grades.csv", csv_text(ordered))
+    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    class_report.write(ordered, out)
+    if gradescope:
+        class_report.write_gradescope(ordered, out)
+    return ordered

@@ -1,0 +1,127 @@
+"""The class report a grading run leaves for its instructor: ``summary.png`` and a self-contained ``report.html``
+(score histogram, pass rate per exercise, the most frequent failure per exercise, submissions that hit a limit or
+carry a flag), and, behind ``--gradescope``, one Gradescope autograder ``results.json`` per submission.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections import Counter
+from pathlib import Path
+
+LIMITS = ("timeout", "crashed", "kernel-died", "too-large")
+LIMIT_WORDS = ("ran out of memory", "did not finish", "more output", "ended the kernel", "Timeout")
+
+
+def summarize(reports: list[dict]) -> dict:
+    """The numbers behind the class report: scores, pass rate and frequent failures per exercise, limits, flags."""
+    graded = [r for r in reports if r.get("exercises")]
+    exercises: dict[str, dict] = {}
+    for r in graded:
+        for e in r["exercises"]:
+            row = exercises.setdefault(e["id"], {"id": e["id"], "number": e["number"], "max_points": e["max_points"],
+                                                 "submissions": 0, "passed": 0, "failures": Counter()})
+            row["submissions"] += 1
+            if e["points"] >= e["max_points"]:
+                row["passed"] += 1
+            elif e["message"]:
+                row["failures"][_generic(e["message"])] += 1
+    for row in exercises.values():
+        row["pass_rate"] = row["passed"] / row["submissions"] if row["submissions"] else 0.0
+        row["top_failures"] = row.pop("failures").most_common(3)
+    limited = [r["name"] for r in reports if r["status"] in LIMITS
+               or any(w in p for p in r.get("problems", []) for w in LIMIT_WORDS)]
+    return {
+        "submissions": len(reports),
+        "scores": [(r["name"], r["score"], r["max_score"]) for r in reports],
+        "exercises": sorted(exercises.values(), key=lambda row: row["number"]),
+        "hit_limits": limited,
+        "flagged": [(r["name"], f) for r in reports for f in r.get("flags", [])],
+        "not_graded": [(r["name"], r["status"]) for r in reports if r["status"] != "graded"],
+    }
+
+
+def _generic(message: str) -> str:
+    """A failure message without the case that showed it, so the same mistake on different cases counts once."""
+    return re.sub(r"^case '[^']*': ", "", message)[:160]
+
+
+def summary_figure(summary: dict):
+    """Score histogram and pass rate per exercise, side by side."""
+    from dslab import plots
+
+    fig, (ax1, ax2) = plots.figure(2, width=5.0, height=3.4)
+    fractions = [s / m for _, s, m in summary["scores"] if m]
+    ax1.hist(fractions, bins=[i / 10 for i in range(11)], color="C0", edgecolor="white")
+    ax1.set(xlabel="score (share of the maximum)", ylabel="submissions", xlim=(0, 1),
+            title=f"{summary['submissions']} submissions")
+    rows = summary["exercises"]
+    ax2.barh([f"{r['number']} {r['id'].split('.', 1)[1]}" for r in rows][::-1],
+             [100 * r["pass_rate"] for r in rows][::-1], color="C2")
+    ax2.set(xlim=(0, 100), xlabel="submissions with full marks (%)", title="pass rate per exercise")
+    return fig
+
+
+def write(reports: list[dict], out: Path) -> tuple[Path, Path]:
+    """Write ``out/summary.png`` and ``out/report.html``; returns their paths."""
+    from dslab.course.diagrams import render
+
+    summary = summarize(reports)
+    png = render(summary_figure(summary))
+    (out / "summary.png").write_bytes(png)
+    (out / "report.html").write_text(html_report(summary, png), encoding="utf-8")
+    return out / "summary.png", out / "report.html"
+
+
+def html_report(summary: dict, png: bytes) -> str:
+    """One HTML file with the figure inlined: it opens anywhere, offline, and can be mailed."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(r['number'])}</td><td>{e(r['id'])}</td><td>{100 * r['pass_rate']:.0f}%</td>"
+        f"<td>{r['passed']} / {r['submissions']}</td><td>" +
+        "<br>".join(f"{n}× {e(msg)}" for msg, n in r["top_failures"]) + "</td></tr>" for r in summary["exercises"])
+    scores = "".join(f"<tr><td>{e(n)}</td><td>{s:g} / {m:g}</td></tr>" for n, s, m in summary["scores"])
+    items = lambda pairs: "".join(f"<li>{e(a)}: {e(b)}</li>" for a, b in pairs) or "<li>none</li>"  # noqa: E731
+    limited = "".join(f"<li>{e(n)}</li>" for n in summary["hit_limits"]) or "<li>none</li>"
+    figure = base64.b64encode(png).decode()
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>dslab grading report</title>
+<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td,th{{padding:3px 10px;text-align:left;
+vertical-align:top}}table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
+<h1>Grading report: {summary['submissions']} submissions</h1>
+<img alt="score histogram and pass rate per exercise" src="data:image/png;base64,{figure}" style="width:100%">
+<h2>Exercises: where the class struggled</h2>
+<table><tr><th>#</th><th>exercise</th><th>full marks</th><th></th><th>most frequent failures</th></tr>{rows}</table>
+<h2>Submissions that hit a limit</h2><ul>{limited}</ul>
+<h2>Flags (lab mismatch, delegation, no sandbox)</h2><ul>{items(summary['flagged'])}</ul>
+<h2>Not graded normally</h2><ul>{items(summary['not_graded'])}</ul>
+<h2>Scores</h2><table>{scores}</table>
+</body></html>
+"""
+
+
+def gradescope_results(report: dict) -> dict:
+    """One submission's report in the shape of Gradescope's autograder ``results.json`` (one test per exercise)."""
+    tests = [{"name": f"Exercise {e['number']} ({e['id']})", "number": e["number"], "score": e["points"],
+              "max_score": e["max_points"], "status": "passed" if e["points"] >= e["max_points"] else "failed",
+              "output": e["message"], "visibility": "visible"} for e in report.get("exercises", [])]
+    notes = "; ".join(report.get("problems", []) + report.get("flags", []))
+    return {"score": report["score"], "execution_time": round(report.get("seconds", 0)),
+            "output": f"status: {report['status']}" + (f"; {notes}" if notes else ""), "visibility": "visible",
+            "stdout_visibility": "hidden", "tests": tests}
+
+
+def write_gradescope(reports: list[dict], out: Path) -> list[Path]:
+    """``out/gradescope/<name>/results.json`` for each submission (a Gradescope autograder copies one into
+    /autograder/results/)."""
+    import json
+
+    paths = []
+    for r in reports:
+        path = out / "gradescope" / r["name"] / "results.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(gradescope_results(r), indent=1) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths
