@@ -4,6 +4,10 @@ In a solution's code cell, the lines between ``### BEGIN SOLUTION`` and ``### EN
 generated lab they become ``raise NotImplementedError("Exercise N.M: <task>")`` at the same indentation; the
 signature and docstring around them stay. Every region must sit inside the ``def`` of an exercise registered for
 that lab, and every registered exercise must have exactly one region, so notebook and grader cannot drift apart.
+
+A find-the-bug exercise (``kind="debug"``) adds a ``### BUGGY VERSION`` line inside its region, followed by the
+plausible wrong code, commented out. The lab shows that code, uncommented, after the raise: the learner reads it,
+repairs it and deletes the raise, so a fresh lab still scores "not implemented".
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import nbformat
 
 from dslab.course.exercises import Exercise, exercises, lab_for_notebook
 
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN, END, BUGGY = "### BEGIN SOLUTION", "### END SOLUTION", "### BUGGY VERSION"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 VOLATILE_CELL_KEYS = ("papermill", "execution", "ExecuteTime", "collapsed", "scrolled")
 DROP_TAGS = ("injected-parameters", "papermill-error-cell-tag", "dslab-grading")
@@ -55,11 +59,29 @@ def strip_solutions(source: str, by_target: dict[str, Exercise], where: str) -> 
             raise BuildError(f"{where}: solution region inside {name or 'no function'}(), which is not a registered "
                              f"exercise target ({', '.join(sorted(by_target)) or 'none'})")
         ex = by_target[name]
-        stub = f"raise NotImplementedError({json.dumps(ex.stub_message, ensure_ascii=False)})"
-        out += [" " * indent + "# YOUR CODE HERE", " " * indent + stub]
+        out += _stub(ex, lines[i + 1:end], indent, where)
         found.append(ex.id)
         i = end + 1
     return "\n".join(out), found
+
+
+def _stub(ex: Exercise, region: list[str], indent: int, where: str) -> list[str]:
+    """The lab's lines for one solution region: a raise, and for a debug exercise the buggy code after it."""
+    pad = " " * indent
+    raise_line = pad + f"raise NotImplementedError({json.dumps(ex.stub_message, ensure_ascii=False)})"
+    marks = [k for k, line in enumerate(region) if line.strip() == BUGGY]
+    if (ex.kind == "debug") != bool(marks) or len(marks) > 1:
+        raise BuildError(f"{where}: exercise {ex.id} is kind={ex.kind!r}; a debug exercise needs exactly one "
+                         f"'{BUGGY}' line in its region and other kinds none")
+    if not marks:
+        return [pad + "# YOUR CODE HERE", raise_line]
+    buggy = []
+    for line in region[marks[0] + 1:]:
+        body = line[indent:] if line.startswith(pad) else line.lstrip()
+        if body and not body.startswith("#"):
+            raise BuildError(f"{where}: the buggy version of {ex.id} must be commented out in the solution")
+        buggy.append(pad + body[2:] if body.startswith("# ") else pad + body[1:] if body else "")
+    return [pad + "# This version has a bug (or two). Find it, fix it, then delete the raise.", raise_line, *buggy]
 
 
 def normalize(nb: nbformat.NotebookNode, role: str, stem: str) -> nbformat.NotebookNode:

@@ -1,5 +1,6 @@
-"""What a notebook calls besides ``dslab.check``: ``require`` (set-up cell) and ``record`` (its key numbers), and
-``read_records``, which ``make run`` uses to collect those numbers from an executed notebook."""
+"""What a notebook calls besides ``dslab.check``: ``require`` (set-up cell), ``yours`` (later cells use the learner's
+function, or the package's while the exercise is not done), ``record`` (its key numbers), and ``read_records``,
+which ``make run`` uses to collect those numbers from an executed notebook."""
 
 from __future__ import annotations
 
@@ -20,6 +21,30 @@ def require(version: str) -> None:
     if _version(dslab.__version__) < _version(version):
         raise RuntimeError(f"this notebook needs dslab >= {version}, but {dslab.__version__} is installed; "
                            "update it with `make setup` (or `pip install -e .` in the course folder)")
+
+
+def yours(fn, fallback):
+    """``fn`` (the learner's function) wrapped so that, while it still raises NotImplementedError, calls go to
+    ``fallback`` (the package's) with a one-line note the first time; any other error is the learner's to see."""
+    import functools
+
+    if not callable(fn) or not callable(fallback):
+        raise TypeError("yours(fn, fallback) takes two functions")
+    noted = []
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NotImplementedError:
+            if not noted:
+                noted.append(True)
+                name = getattr(fn, "__name__", "your function")
+                where = f"{fallback.__module__}.{getattr(fallback, '__qualname__', fallback.__name__)}"
+                print(f"(your {name} is not written yet: this cell uses {where} instead)")
+            return fallback(*args, **kwargs)
+
+    return call
 
 
 def _fmt(value) -> str:

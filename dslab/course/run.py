@@ -1,11 +1,15 @@
 """``python -m dslab run``: execute solution notebooks headless with papermill, one summary line per lab.
 
 ``--update-solutions`` writes the executed notebooks back into solutions/ in normalized form (``make solutions``).
+``--record`` keeps each lab's time and key numbers in solutions/runs.json (``make run``): the course map in README
+and the time in each notebook's header are written from there (``python -m dslab coursemap``), never typed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -31,7 +35,34 @@ def run_notebook(path: Path, dst: Path, params: dict, cell_timeout: int = 1800) 
     return status, seconds, numbers
 
 
-def run(solutions: Path, out: Path, names: list[str], fast: bool | None, update: bool) -> int:
+RUNS_FILE = "runs.json"
+
+
+def machine() -> str:
+    """This machine in a few words: CPU model, cores, torch build (what a recorded time was measured on)."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} CPU cores ({model}){gpu}, torch {torch.__version__}"
+
+
+def record_run(solutions: Path, stem: str, mode: str, seconds: float, numbers: dict) -> None:
+    """Keep one lab's measured time and key numbers under ``mode`` ("defaults" or "fast") in solutions/runs.json."""
+    path = solutions / RUNS_FILE
+    runs = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    runs.setdefault(stem, {})[mode] = {"seconds": round(seconds, 1), "machine": machine(), "numbers": numbers}
+    path.write_text(json.dumps(runs, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def run(solutions: Path, out: Path, names: list[str], fast: bool | None, update: bool, record: bool = False) -> int:
     paths = sorted(p for p in solutions.glob("*.ipynb") if not names or any(p.stem.startswith(n) for n in names))
     if not paths:
         print(f"no notebooks in {solutions}/ match {names}")
@@ -45,6 +76,8 @@ def run(solutions: Path, out: Path, names: list[str], fast: bool | None, update:
         failures += status != "ok"
         summary = ", ".join(f"{k}={v:,.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items())
         print(f"{path.stem:<24} {status:<6} {seconds:6.1f}s  {summary}", flush=True)
+        if record and status == "ok":
+            record_run(solutions, path.stem, "fast" if fast else "defaults", seconds, numbers)
         if update and status == "ok":
             nb = normalize(nbformat.read(dst, as_version=4), "solution", path.stem)
             path.write_text(notebook_text(nb), encoding="utf-8")

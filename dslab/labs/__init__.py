@@ -2,8 +2,9 @@
 
 The house rule, which every lab follows so that a newcomer finds everything of lab NN in one place:
 
-- ``__init__.py`` names the notebook it serves (``NOTEBOOK = "NN_<slug>"``) and says in its docstring what the lab
-  teaches;
+- ``__init__.py`` names the notebook it serves (``NOTEBOOK = "NN_<slug>"``), says in its docstring what the lab
+  teaches, and gives the course map its two cells: ``TEACHES`` (what the learner builds) and ``REPRODUCES`` (the
+  paper numbers its checked cells print);
 - ``exercises.py`` is the lab's exercise registry: ``EXERCISES``, a list of ``dslab.course.exercises.Exercise`` in the
   order the notebook uses them (target function, reference, public and hidden cases, points, hints for the known wrong
   answers, and the callables a submission may not delegate to);
