@@ -216,3 +216,189 @@ def load_split(name: str, root: Path | str = "datasets") -> list[Problem]:
         raise ValueError(f"split must be one of {sorted(FROZEN_SPLITS)}, got {name!r}")
     lines = (Path(root) / "arithmetic" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
     return [Problem(**json.loads(line)) for line in lines]
+
+
+# ------------------------------------------------------------------------------------------- RL task (lab 05, GRPO)
+# Addition and subtraction with operands of up to 3 digits (training, in-distribution test) or 4 digits (the harder
+# split outside the training distribution). A completion keeps its working inside <think></think> and the result
+# inside <answer></answer>, as R1-Zero's template asks (R1 Table 1, in a few dozen characters here). The working goes
+# column by column from the units, written in one of two notations: "digits" (5+8=13) or "letters", the same steps in
+# a second script (a=0 ... j=9: f+i=bd), the toy stand-in for the two languages R1-Zero mixed in its reasoning.
+
+NOTATIONS = ("digits", "letters")
+LETTERS = "abcdefghij"  # the "letters" script: digit d is written LETTERS[d]
+THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+RL_TEMPLATE = "User: {question}=? Use <think> and <answer>.\nAssistant: "
+
+
+@dataclass(frozen=True)
+class Task:
+    """One RL problem, e.g. question "345-278", answer 67; ``digits`` is the length of its longer operand."""
+
+    question: str
+    answer: int
+    digits: int
+
+    @property
+    def prompt(self) -> str:
+        """The R1-Zero-style prompt the policy continues (``RL_TEMPLATE``)."""
+        return RL_TEMPLATE.format(question=self.question)
+
+
+def make_task(rng: random.Random, max_digits: int = 3, min_digits: int = 1) -> Task:
+    """Draw a+b or a-b with a, b uniform in [0, 10^max_digits), redrawn until the longer one has >= min_digits."""
+    if not isinstance(max_digits, int) or not 1 <= max_digits <= 6:
+        raise ValueError(f"max_digits must be an int in [1, 6], got {max_digits!r}")
+    if not isinstance(min_digits, int) or not 1 <= min_digits <= max_digits:
+        raise ValueError(f"min_digits must be an int in [1, max_digits={max_digits}], got {min_digits!r}")
+    while True:
+        a, b = rng.randrange(10**max_digits), rng.randrange(10**max_digits)
+        digits = max(len(str(a)), len(str(b)))
+        if digits >= min_digits:
+            break
+    op = rng.choice("+-")
+    return Task(f"{a}{op}{b}", a + b if op == "+" else a - b, digits)
+
+
+def tasks(n: int, max_digits: int = 3, min_digits: int = 1, seed: int = 0,
+          exclude: set[str] | frozenset[str] = frozenset()) -> list[Task]:
+    """``n`` distinct tasks (``make_task``), none with a question in ``exclude``; the same seed gives the same list."""
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    rng, seen, out = random.Random(seed), set(exclude), []
+    while len(out) < n:
+        t = make_task(rng, max_digits, min_digits)
+        if t.question not in seen:
+            seen.add(t.question)
+            out.append(t)
+    return out
+
+
+def _split_question(question: str) -> tuple[int, str, int]:
+    m = re.fullmatch(r"(\d+)([+-])(\d+)", question)
+    if not m:
+        raise ValueError(f"question must look like '345+278' or '345-278', got {question!r}")
+    return int(m[1]), m[2], int(m[3])
+
+
+def working_steps(question: str) -> list[str]:
+    """The working of ``question`` in the digits notation, one step per column from the units.
+
+    Addition: ``x+y[+carry]=s`` ("5+8=13", then "4+7+1=12"); the answer is the last s followed by the other columns'
+    last digits, read backwards. Subtraction of the smaller from the larger: ``x-y[-borrow]=d``, written ``1x-...``
+    when the column borrows ("15-8=7", "14-7-1=6"). When a < b the working starts with "a<b" and the answer is minus
+    the working's result.
+    """
+    a, op, b = _split_question(question)
+    steps = []
+    if op == "-" and a < b:
+        steps.append(f"{a}<{b}")
+        a, b = b, a
+    n = max(len(str(a)), len(str(b)))
+    xs, ys = (list(map(int, reversed(str(v).zfill(n)))) for v in (a, b))
+    carry = 0
+    for x, y in zip(xs, ys):
+        if op == "+":
+            s = x + y + carry
+            steps.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={s}")
+            carry = s // 10
+        else:
+            d = x - y - carry
+            top = f"1{x}" if d < 0 else f"{x}"
+            steps.append(f"{top}-{y}" + (f"-{carry}" if carry else "") + f"={d % 10}")
+            carry = int(d < 0)
+    return steps
+
+
+def to_letters(text: str) -> str:
+    """Write every digit of ``text`` in the letters script (0 -> a, ..., 9 -> j); other characters stay."""
+    return text.translate(str.maketrans("0123456789", LETTERS))
+
+
+def working(question: str, notation: str | list[str] = "digits") -> str:
+    """The working as one line of space-separated steps, in one notation or in one notation per step (a list)."""
+    steps = working_steps(question)
+    per_step = [notation] * len(steps) if isinstance(notation, str) else list(notation)
+    if len(per_step) != len(steps) or any(n not in NOTATIONS for n in per_step):
+        raise ValueError(f"notation must be one of {NOTATIONS} or a list of them with one entry per step "
+                         f"({len(steps)} for {question!r}), got {notation!r}")
+    return " ".join(s if n == "digits" else to_letters(s) for s, n in zip(steps, per_step))
+
+
+def completion(task: Task, notation: str | list[str] | None = "digits", tagged: bool = True) -> str:
+    """What a well-behaved policy writes after the prompt: ``<think>working</think> <answer>result</answer>``.
+
+    notation None leaves the think block empty (answering without working); tagged False writes the result after
+    the think block without answer tags (a format the reward does not accept).
+    """
+    think = "" if notation is None else working(task.question, notation)
+    result = f"{ANSWER_OPEN}{task.answer}{ANSWER_CLOSE}" if tagged else f"{task.answer}"
+    return f"{THINK_OPEN}{think}{THINK_CLOSE} {result}"
+
+
+def cold_start_pairs(task_list: list[Task], notation: str = "digits") -> list[tuple[str, str]]:
+    """(prompt, completion) pairs in the clean, readable format: full working in one notation, tagged answer."""
+    if notation not in NOTATIONS:
+        raise ValueError(f"notation must be one of {NOTATIONS}, got {notation!r}")
+    return [(t.prompt, completion(t, notation)) for t in task_list]
+
+
+# The mix of the pretraining text: what a base model has seen before RL. Most documents are chats in the template's
+# format; the working is in digits, in letters, or switches notation from step to step, and is sometimes left out;
+# some results are written without answer tags; a fifth of the documents are bare equations.
+PRETRAIN_MIX = {"bare": 0.2, "digits": 0.3, "letters": 0.2, "mixed": 0.2, "no_working": 0.1}
+UNTAGGED_SHARE = 0.15
+
+
+def pretraining_text(n_chars: int = 400_000, seed: int = 0, max_digits: int = 3,
+                     exclude: set[str] | frozenset[str] = frozenset()) -> str:
+    """About ``n_chars`` characters of arithmetic text in the ``PRETRAIN_MIX``, documents separated by a blank line.
+
+    Questions in ``exclude`` (the held-out splits) never appear.
+    """
+    if not isinstance(n_chars, int) or n_chars <= 0:
+        raise ValueError(f"n_chars must be a positive int, got {n_chars!r}")
+    rng = random.Random(seed)
+    kinds, weights = list(PRETRAIN_MIX), list(PRETRAIN_MIX.values())
+    docs, size = [], 0
+    while size < n_chars:
+        kind = rng.choices(kinds, weights)[0]
+        task = make_task(rng, max_digits)
+        if task.question in exclude:
+            continue
+        if kind == "bare":
+            doc = f"{task.question}={task.answer}"
+        else:
+            n_steps = len(working_steps(task.question))
+            notation = {"digits": "digits", "letters": "letters", "no_working": None,
+                        "mixed": [rng.choice(NOTATIONS) for _ in range(n_steps)]}[kind]
+            doc = task.prompt + completion(task, notation, tagged=rng.random() >= UNTAGGED_SHARE)
+        docs.append(doc)
+        size += len(doc) + 2
+    return "\n\n".join(docs)[:n_chars]
+
+
+FROZEN_TASKS = {"train": (5000, 3, 1, 11), "val": (200, 3, 1, 12), "test": (500, 3, 1, 13),
+                "hard": (500, 4, 4, 14)}  # name: (size, max_digits, min_digits, seed)
+
+
+def freeze_tasks(out: Path | str) -> list[Path]:
+    """Write datasets/rl_arithmetic/{train,val,test,hard}.jsonl; no question appears in two splits."""
+    folder = Path(out) / "rl_arithmetic"
+    folder.mkdir(parents=True, exist_ok=True)
+    seen, written = set(), []
+    for name, (size, max_digits, min_digits, seed) in FROZEN_TASKS.items():
+        rows = tasks(size, max_digits, min_digits, seed, exclude=frozenset(seen))
+        seen.update(t.question for t in rows)
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(asdict(t), sort_keys=True) + "\n" for t in rows), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def load_tasks(name: str, root: Path | str = "datasets") -> list[Task]:
+    """A frozen RL split ("train", "val", "test": up to 3 digits; "hard": 4 digits) as Tasks."""
+    if name not in FROZEN_TASKS:
+        raise ValueError(f"split must be one of {sorted(FROZEN_TASKS)}, got {name!r}")
+    lines = (Path(root) / "rl_arithmetic" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [Task(**json.loads(line)) for line in lines]
