@@ -4,7 +4,9 @@ Each ``Block`` is pre-norm, ``x + attn(attn_norm(x))`` then ``x + ffn(ffn_norm(x
 ``inference/model.py``. Attention is MLA (``dslab.mla``) or MHA/GQA/MQA (``dslab.attention``) by ``args.attn``; the
 first ``n_dense_layers`` use a dense SwiGLU FFN and the rest DeepSeekMoE (``dslab.moe``) when the config has routed
 experts. In training mode attention runs over the whole sequence; in eval mode it decodes incrementally from its
-preallocated cache (``start_pos``). Multi-Token Prediction modules (``n_mtp``) are not built here.
+preallocated cache (``start_pos``). With ``args.n_mtp = D > 0`` the model also holds D Multi-Token Prediction
+modules (``dslab.mtp``, V3 §2.2) that share its embedding and output head; ``forward`` and ``generate`` never run them,
+``forward_mtp`` (training) and ``dslab.mtp.speculative_generate`` (drafting) do. D = 0 is the plain model.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dslab.attention import Attention
 from dslab.configs import ModelArgs
 from dslab.mla import MLA
 from dslab.moe import MoE
+from dslab.mtp import MTPModule, mtp_logits
 from dslab.nn import MLP, RMSNorm
 
 
@@ -65,8 +68,16 @@ class Transformer(nn.Module):
         for p in self.parameters():  # matrices only: norms keep their ones, the gate bias is a buffer
             if p.dim() >= 2:
                 nn.init.normal_(p, std=init_std)
+        # MTP modules (V3 §2.2) are built after the main model is initialized, so that the main model starts from the
+        # same weights whatever n_mtp is; block k has layer id n_layers + k (V3: layers 0..60, its MTP module is 61).
+        self.mtp = nn.ModuleList(MTPModule(args.dim, Block(args.n_layers + k, args, max_batch_size, moe_options))
+                                 for k in range(args.n_mtp))
+        for p in self.mtp.parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, std=init_std)
 
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+    def hidden(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """tokens [B, S] -> the last layer's output [B, S, dim] before the final norm (h^0 of V3 eq. 21)."""
         if tokens.dim() != 2 or tokens.dtype != torch.long:
             raise ValueError(f"tokens must be a [batch, seqlen] long tensor, got {tuple(tokens.shape)} {tokens.dtype}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.args.vocab_size):
@@ -74,11 +85,24 @@ class Transformer(nn.Module):
         h = self.embed(tokens)
         for layer in self.layers:
             h = layer(h, start_pos)
-        return self.head(self.norm(h))
+        return h
+
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        return self.head(self.norm(self.hidden(tokens, start_pos)))
+
+    def forward_mtp(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Training forward with the MTP modules: (logits [B, S, vocab], [depth k's logits [B, S-k, vocab] for k =
+        1..n_mtp]). Depth k at position i reads Emb(tokens[:, i + k]) and predicts the token after it (V3 eqs. 21-23).
+        """
+        if not self.training:
+            raise ValueError("forward_mtp runs whole sequences: call .train() first (decoding: dslab.mtp)")
+        h = self.hidden(tokens)
+        return self.head(self.norm(h)), mtp_logits(self.mtp, h, self.embed(tokens), self.head)
 
     def moe_layers(self) -> list[MoE]:
-        """The MoE FFNs, in layer order (empty for a dense model)."""
-        return [b.ffn for b in self.layers if isinstance(b.ffn, MoE)]
+        """The MoE FFNs, in layer order, then those of the MTP modules' blocks (empty for a dense model)."""
+        blocks = [*self.layers, *(m.block for m in self.mtp)]
+        return [b.ffn for b in blocks if isinstance(b.ffn, MoE)]
 
     def aux_loss(self) -> torch.Tensor | None:
         """Sum over MoE layers of the balance loss their last forward stored; None when no layer computes one."""
