@@ -9,12 +9,17 @@ quantizations per step (amax per group, divide, round to the FP8 grid, multiply 
 back. Rounding uses the FP32 adder (``_round_to_grid``) in cache-sized pieces: casting to ``float8_e4m3fn`` and back
 costs ~45 ms per 4M elements on the CPU (the upcast is not vectorised), the adder trick ~20 ms.
 
-Measured (2 shared CPU cores, one thread, 2026-12-02, medians of paired rounds): 1.3–1.9x (the GEMMs alone:
-1.0x; the quantization overhead ~0.25 s against ~0.6–0.8 s of GEMMs; the spread is other jobs on the cores).
-Accumulation emulation at 256×4096×256: ~0.10 s with promotion every 128, ~0.15 s without (one truncation per 4
-products: 1024 sequential element-wise steps over a 256×256 accumulator, bound by their count, not by FLOPs).
+Measured on 2 shared CPU cores (AMD EPYC, AVX-512) while other jobs kept the load average at 10–13, 2026-12-02:
+with ``--threads 1``, **1.38x** (paired ratios 1.22–1.74; the GEMMs alone on quantized operands 864 ms against
+892 ms for the whole float32 step, so ~0.25–0.3 s of quantization on top); accumulation emulation at 256×4096×256
+0.20 s promoted every 128 and 0.21 s unpromoted (errors 0.035% and 1.97%). Bounds: the quantization is memory-bound
+element-wise work (about five passes over each 4M-element operand per quantization, five quantizations and one FP8
+read-back per step); the accumulation emulation is 1024 sequential element-wise steps over a 256×256 accumulator.
+With the default two threads on that busy machine the same run gave 4.9x and 7.5 s for the accumulation: every one
+of the many small element-wise ops waits for whichever of its two threads was descheduled, which the large GEMMs
+hide. Use ``--threads 1`` on a shared machine; re-measure on a quiet one.
 ``torch._scaled_mm`` on the CPU (row-wise scales, bf16 out) is reported beside a float32 GEMM for reference: it
-dequantizes and accumulates in FP32 (lab 02 measures that), so it is no faster than float32 here.
+dequantizes and accumulates in FP32 (lab 02 measures that), so it is no faster than float32 here (353 vs 301 ms).
 """
 
 from __future__ import annotations
