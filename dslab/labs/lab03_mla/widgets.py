@@ -1,5 +1,6 @@
 """Lab 03's KV-memory explorer: heads, KV heads, latent rank, depth, precision and context -> the KV cache of MHA,
-GQA, MQA and MLA (absorbed, and naive for contrast) as the context grows."""
+GQA, MQA and MLA (its latent cache, and for contrast the expanded per-head keys and values that the official naive
+mode caches) as the context grows."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ def kv_memory(n_heads: int = 128, n_kv_heads: int = 8, kv_lora_rank: int = 512, 
               context: int = 131072):
     """KV cache of one sequence of ``context`` tokens for MHA, GQA, MQA and MLA at ``bits`` per element.
 
-    Defaults are V3's attention (128 heads, d_c 512, 61 layers, 128K context) in BF16. "MLA naive" is the cache the
-    same MLA would need without weight absorption (H·(d_nope + d_R + d_v) per layer). Returns (numbers, figure).
+    Defaults are V3's attention (128 heads, d_c 512, 61 layers, 128K context) in BF16. "MLA (latent)" caches
+    d_c + d_R numbers per layer, with absorption or without it (then the latent is up-projected at every step);
+    "MLA (expanded K/V)" is what the official naive mode chooses to cache instead, H·(d_nope + d_R + d_v) per layer.
+    Returns (numbers, figure).
     """
     archs = architectures(n_heads, n_kv_heads, kv_lora_rank, n_layers)
-    per_token = {name: acc.kv_bytes_per_token(a, bits) for name, a in archs.items()}
-    per_token["MLA naive"] = cache_elements_per_layer(archs["MLA"], "naive") * n_layers * bits / 8
-    mla, mha = per_token["MLA"], per_token["MHA"]
+    per_token = {"MLA (latent)" if name == "MLA" else name: acc.kv_bytes_per_token(a, bits)
+                 for name, a in archs.items()}
+    per_token["MLA (expanded K/V)"] = cache_elements_per_layer(archs["MLA"], "naive") * n_layers * bits / 8
+    mla, mha = per_token["MLA (latent)"], per_token["MHA"]
     numbers = {f"{name} KiB/token": round(b / 1024, 2) for name, b in per_token.items()}
     numbers.update({
         f"MHA GiB at {context:,} tokens": round(mha * context / GIB, 2),
@@ -35,7 +39,7 @@ def kv_memory(n_heads: int = 128, n_kv_heads: int = 8, kv_lora_rank: int = 512, 
     fig, (ax1, ax2) = plots.figure(2, width=5.2, height=3.6)
     ctx = np.logspace(10, 20, 41, base=2)
     for name, b in per_token.items():
-        ax1.plot(ctx, b * ctx / GIB, label=name, ls="--" if name == "MLA naive" else "-")
+        ax1.plot(ctx, b * ctx / GIB, label=name, ls="--" if name == "MLA (expanded K/V)" else "-")
     ax1.axvline(context, color="grey", lw=0.8, ls=":")
     ax1.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="KV cache (GiB, one sequence)")
     ax1.set_title(f"{n_layers} layers, {n_heads} heads, {bits}-bit cache", fontsize=10)
