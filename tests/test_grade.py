@@ -97,6 +97,7 @@ for pid in os.listdir('/proc'):
         found += [a for a in open(f'/proc/{{pid}}/cmdline').read().split('\\0') if a.endswith('.ipynb')]
     except Exception:
         pass
+found = [os.path.abspath(p) for p in found if os.path.dirname(os.path.abspath(p)) != os.getcwd()]  # not its own
 found += glob.glob({str(subs)!r} + '/*.ipynb') + glob.glob({str(out)!r} + '/executed/*.ipynb')
 for path in found:
     try:

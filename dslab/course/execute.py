@@ -78,7 +78,8 @@ class GradingClient(PapermillNotebookClient):
         return super().output(outs, msg, display_id, cell_index)
 
     def on_start(self, cell, cell_index):
-        _write_state(self.state_path, status="running", cell=cell_index)
+        # the id, not the index: papermill inserts a cell (the injected parameters), which shifts the indices
+        _write_state(self.state_path, status="running", cell=cell_index, cell_id=cell.get("id"))
 
     def timeout_of(self, cell) -> int:
         return self.grading_timeout if GRADING_TAG in cell.metadata.get("tags", []) else self.cell_timeout
@@ -157,6 +158,7 @@ def execute(src: str, dst: str, params: dict, cell_timeout: int, state: str, req
         with open(state, encoding="utf-8") as f:
             running = json.load(f)
     outcome.setdefault("cell", running.get("cell"))
+    outcome.setdefault("cell_id", running.get("cell_id"))
     _write_state(state, **outcome)
     return outcome
 

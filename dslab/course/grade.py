@@ -138,6 +138,9 @@ def prepare(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
                 cell.metadata.setdefault("tags", []).append("parameters")
                 break
     nb.cells.append(nbformat.v4.new_code_cell(PLACEHOLDER, metadata={"tags": [GRADING_TAG]}))
+    for i, cell in enumerate(nb.cells):  # ids the executor reports back, whatever cells papermill inserts
+        cell["id"] = f"dslab-{i}"
+    nb.nbformat, nb.nbformat_minor = 4, 5
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 
@@ -291,22 +294,23 @@ def execute_with_recovery(nb: nbformat.NotebookNode, work: Path, request: dict, 
     prepared, problems, trimmed = prepare(nb), [], set()
     for attempt in range(limits.retries + 1):
         outcome, executed, answers = run_once(prepared, work, request, seed, limits, sandbox, masks)
-        status, cell = outcome.get("status"), outcome.get("cell")
-        if status not in ("kernel-died", "timeout") or not isinstance(cell, int) or attempt == limits.retries:
+        status = outcome.get("status")
+        cell = next((i for i, c in enumerate(prepared.cells) if c.get("id") == outcome.get("cell_id")), None)
+        if status not in ("kernel-died", "timeout") or cell is None or attempt == limits.retries:
             break
-        if not 0 <= cell < len(prepared.cells) or GRADING_TAG in prepared.cells[cell].metadata.get("tags", []):
+        if GRADING_TAG in prepared.cells[cell].metadata.get("tags", []):
             break  # the grading cell itself: each call has its own limit, nothing to trim
         what = "ended the kernel" if status == "kernel-died" else "did not finish in time"
         kept = None if cell in trimmed else definitions_only(prepared.cells[cell].source)
         if kept and kept != prepared.cells[cell].source:
             problems.append(f"cell {cell} {what} ({str(outcome.get('evalue', ''))[:120]}); re-ran the notebook "
                             f"keeping only that cell's imports and definitions")
-            prepared.cells[cell] = nbformat.v4.new_code_cell(f"# trimmed by the grader: this cell {what}\n{kept}")
+            prepared.cells[cell].source = f"# trimmed by the grader: this cell {what}\n{kept}"
             trimmed.add(cell)
         else:
             problems.append(f"cell {cell} {what} ({str(outcome.get('evalue', ''))[:120]}); re-ran the notebook "
                             f"without it")
-            prepared.cells[cell] = nbformat.v4.new_code_cell(f"# removed by the grader: this cell {what}")
+            prepared.cells[cell].source = f"# removed by the grader: this cell {what}"
     return outcome, executed, answers, problems
 
 

@@ -70,7 +70,7 @@ def bwrap_command(cmd: list[str], work: Path, masks: list[Path], env: dict[str, 
     argv = ["bwrap", "--ro-bind", "/", "/", "--unshare-all", "--new-session", "--die-with-parent",
             "--uid", str(NOBODY), "--gid", str(NOBODY), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for folder in sorted({m.resolve() for m in masks if m.exists()}, key=lambda p: len(p.parts)):
-        argv += ["--tmpfs", str(folder)]
+        argv += ["--tmpfs", str(folder), "--remount-ro", str(folder)]  # empty, and nothing to write into
     argv += ["--bind", str(work), str(work), "--chdir", str(work), "--clearenv"]
     for key, value in sorted(env.items()):
         argv += ["--setenv", key, value]
