@@ -26,7 +26,7 @@ HEADLESS := DSLAB_HEADLESS=1 TQDM_DISABLE=1 MPLBACKEND=Agg
 # Targets that run JOBS processes side by side give each one thread, so 2 jobs on 2 cores do not fight.
 PARALLEL := $(HEADLESS) OMP_NUM_THREADS=1
 
-.PHONY: setup lab run test lint unit notebooks labs solutions grade bench doctor browser-check clean
+.PHONY: setup lab run test lint unit notebooks labs solutions grade bench doctor browser-check html clean
 
 setup: $(STAMP)
 
@@ -53,7 +53,7 @@ FAST ?=
 run: setup
 	$(HEADLESS) $(PY) -m dslab run --record $(if $(FAST),--fast)
 
-test: setup lint unit notebooks
+test: setup lint unit notebooks browser-check
 
 lint: setup
 	$(PY) -m ruff check dslab tests tools
@@ -88,10 +88,21 @@ bench: setup
 doctor: setup
 	$(PY) -m dslab doctor
 
-# Widgets in a real JupyterLab, driven by headless Chromium (not part of `make test`). Needs Debian's chromium
-# (apt-get install -y chromium) and `$(PY) -m pip install playwright`, without `playwright install`.
+# Every solution run in a real JupyterLab driven by headless Chromium (widgets moved, pictures and console checked),
+# then the static HTML copy. Part of `make test` when Debian's chromium (apt-get install -y chromium) and playwright
+# (`$(PY) -m pip install playwright`, without `playwright install`) are present; otherwise one line says so.
+CHROMIUM ?= /usr/lib/chromium/chromium
 browser-check: setup
-	$(PY) tools/browser_check.py --out build/browser
+	@if [ -x $(CHROMIUM) ] && $(PY) -c "import playwright" 2>/dev/null; then \
+	  $(PY) -m dslab html --out build/html >/dev/null && \
+	  $(PY) tools/browser_check.py --out build/browser --html build/html --chromium $(CHROMIUM); \
+	else \
+	  echo "skipped: browser check (needs Debian's chromium and playwright: sudo apt-get install -y chromium;" \
+	       "$(PY) -m pip install playwright)"; \
+	fi
+
+html: setup
+	$(PY) -m dslab html --out build/html
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache dslab.egg-info

@@ -1,4 +1,4 @@
-"""``python -m dslab COMMAND``: build, grade, doctor, run, coursemap, diagrams, data (``COMMAND --help``)."""
+"""``python -m dslab COMMAND``: build, grade, doctor, run, coursemap, diagrams, html, data (``COMMAND --help``)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,13 @@ def _coursemap(a) -> int:
     return 1 if a.check and stale else 0
 
 
+def _html(a) -> int:
+    from dslab.course.html import export
+
+    print(f"wrote {export(a.solutions, a.out)}")
+    return 0
+
+
 def _data(a) -> int:
     from dslab.data import freeze
 
@@ -151,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     cm.add_argument("--solutions", type=Path, default=Path("solutions"))
     cm.add_argument("--readme", type=Path, default=Path("README.md"))
     cm.set_defaults(func=_coursemap)
+
+    h = sub.add_parser("html", help="render the solved labs to static HTML with an index page (make html)")
+    h.add_argument("--solutions", type=Path, default=Path("solutions"))
+    h.add_argument("--out", type=Path, default=Path("build/html"))
+    h.set_defaults(func=_html)
 
     dt = sub.add_parser("data", help="regenerate the frozen splits in datasets/")
     dt.add_argument("--out", type=Path, default=Path("datasets"))

@@ -329,3 +329,17 @@ def test_debug_exercises_ship_their_buggy_version():
     with pytest.raises(BuildError, match="debug"):
         strip_solutions(src.replace("    ### BUGGY VERSION\n    # return wrong  # the bug\n", ""),
                         {"bias_update": ex}, "t")
+
+
+# ------------------------------------------------------------------------------------------------- environments
+def test_conda_environment_keeps_the_same_pins_as_the_venv():
+    """The conda path cannot be exercised here (no conda channel is reachable), so at least its pins must match."""
+    import re
+
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    conda = dict(re.findall(r"^\s+- ([\w-]+)=([\d.]+)\s*$", (ROOT / "environment.yml").read_text(), re.M))
+    conda["matplotlib"] = conda.pop("matplotlib-base")  # conda-forge's name for matplotlib without a GUI backend
+    torch = re.search(r"^TORCH_VERSION \?= ([\d.]+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert conda.pop("pytorch") == ".".join(torch.split(".")[:2]) and conda.pop("python") == "3.11"
+    assert conda == pins

@@ -418,3 +418,16 @@ def test_cli_exit_codes(tmp_path):
     assert run(str(tmp_path / "missing.ipynb"), "--out", str(tmp_path / "out")).returncode == 2
     negative = run(str(bad), "--out", str(tmp_path / "out"), "--memory-mb", "-1")
     assert negative.returncode == 2 and "memory_mb" in negative.stderr
+
+
+def test_reports_do_not_depend_on_how_many_jobs_ran(tmp_path):
+    """Same submissions and grading seed -> identical reports with --jobs 1 and --jobs 2 (wall clock aside)."""
+    subs = tmp_path / "class"
+    _write(subs, "solution", _nb())
+    _write(subs, "lab", _nb(LAB))
+    _write(subs, "wrong", _replace_body(_nb(), TARGETS[IDS[0]], "    return 1\n"))
+    runs = {}
+    for jobs in (1, 2):
+        reports = grade([subs], tmp_path / f"out{jobs}", grading_seed=11, jobs=jobs, sandbox="bwrap")
+        runs[jobs] = [{k: v for k, v in r.items() if k not in ("seconds", "executed_notebook")} for r in reports]
+    assert runs[1] == runs[2]

@@ -1,6 +1,6 @@
-"""Run notebooks in JupyterLab in headless Chromium and check that their widgets render and redraw.
+"""Run notebooks in JupyterLab in headless Chromium and check that they run clean and their widgets redraw.
 
-For instructors, not part of ``make test`` (it needs a browser). Needs, besides the course venv:
+Part of ``make test`` when a browser is present (``make browser-check`` alone). Needs, besides the course venv:
 
     apt-get install -y chromium          # the real binary, /usr/lib/chromium/chromium, is what Playwright drives
     .venv/bin/pip install playwright     # do NOT run `playwright install`: it downloads a browser of its own
@@ -12,7 +12,10 @@ port and killed at the end. For each notebook: run all cells; fail on an error o
 labs/, NotImplementedError from unsolved exercises is allowed and every cell still runs; today's labs/ need no
 such allowance, since their check cells catch NotImplementedError themselves); each live widget must
 show a slider or dropdown and an image; a slider moved with the keyboard (and a dropdown, if any) must change the
-image. Screenshots of each widget cell before and after go to --out, with report.json and jupyter-lab.log.
+image; every picture in the markdown (the drawn diagrams) must load; an error in the browser console fails the
+notebook, except the few an offline machine always shows (``ALLOWED_CONSOLE``). A screenshot of each notebook's top,
+and of each widget cell before and after, go to --out, with report.json and jupyter-lab.log. With ``--html DIR`` it
+also opens the static copy (``make html``): the index and one page, whose pictures must load.
 Prints ``NAME: ok (N widgets, M interactions)`` or ``NAME: FAIL <reason>`` per notebook; exits 1 on any failure.
 """
 
@@ -38,6 +41,23 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 ALLOWED_ERRORS = {"NotImplementedError"}  # what --allow-errors tolerates: unsolved exercises in labs/
+# Console errors that say nothing about the notebook, each with why it is harmless (an offline machine shows them all):
+ALLOWED_CONSOLE = {
+    # JupyterLab's markdown renderer first sets an <img> to the raw "attachment:NAME" URL, then to the resolved data
+    # URL; Chromium logs the first, unfetchable scheme. The pictures themselves are checked to load below.
+    r"net::ERR_UNKNOWN_URL_SCHEME \[attachment:": "markdown attachments before they resolve",
+    # The static HTML (nbconvert's lab template) loads MathJax and require.js from a CDN: offline, that fails.
+    r"cdnjs\.cloudflare\.com|net::ERR_NAME_NOT_RESOLVED|net::ERR_INTERNET_DISCONNECTED": "CDN scripts, offline",
+}
+
+
+def console_failures(messages: list[str]) -> list[str]:
+    """The console errors not explained by ALLOWED_CONSOLE."""
+    return [m for m in dict.fromkeys(messages) if not any(re.search(p, m) for p in ALLOWED_CONSOLE)]
+
+
+JS_BROKEN_IMAGES = """(selector) => Array.from(document.querySelectorAll(selector))
+    .filter(i => i.complete && i.naturalWidth === 0).map(i => (i.alt || i.src).slice(0, 80))"""
 SETTINGS = {  # user settings of the throw-away server: no news toast over screenshots, every cell in the DOM
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none", "recordTiming": True},
@@ -287,7 +307,8 @@ def check_notebook(browser, url: str, rel: str, name: str, out: Path, allow_erro
     (out / f"{stem}_FAIL.png").unlink(missing_ok=True)  # from an earlier run
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     console: list[str] = []
-    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    page.on("console", lambda m: console.append(f"{m.text} [{m.location.get('url', '')[:60]}]")
+            if m.type == "error" else None)
     try:
         page.goto(f"{url}/lab/tree/{rel}?reset")
         page.wait_for_function(f"window.jupyterapp && {NB} && {NB}.sessionContext && {NB}.content?.model",
@@ -315,7 +336,19 @@ def check_notebook(browser, url: str, rel: str, name: str, out: Path, allow_erro
                 continue
             res.widgets += 1
             check_widget(page, cell, f"{stem}_cell{index}", out, res, timeout_s=30)
-        res.notes += [f"browser console error: {m[:200]}" for m in dict.fromkeys(console)]
+        broken = page.evaluate(JS_BROKEN_IMAGES, ".jp-MarkdownCell img")
+        if broken:
+            res.fail(f"pictures that did not load: {broken}")
+        shot = out / f"{stem}.png"
+        page.evaluate("() => document.querySelectorAll('.jp-WindowedPanel-outer, .jp-Notebook')"
+                      ".forEach(e => e.scrollTo(0, 0))")
+        time.sleep(0.5)
+        page.screenshot(path=str(shot))
+        res.screenshots.append(str(shot))
+        res.notes += [f"browser console error (allowed): {m[:200]}" for m in dict.fromkeys(console)
+                      if m not in console_failures(console)]
+        for m in console_failures(console):
+            res.fail(f"browser console error: {m[:200]}")
     except Exception as exc:  # noqa: BLE001 - any failure of the run is this notebook's FAIL line
         res.fail(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     if not res.ok:
@@ -329,6 +362,35 @@ def check_notebook(browser, url: str, rel: str, name: str, out: Path, allow_erro
     return res
 
 
+def check_html(browser, folder: Path, out: Path) -> Result:
+    """The static copy: the index lists every lab, links open, and a page's pictures load (file:// URLs, no server)."""
+    res = Result(f"{folder}/index.html")
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto((folder / "index.html").resolve().as_uri())
+        links = page.locator("a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
+        expected = sorted(p.stem for p in (ROOT / "solutions").glob("*.ipynb"))
+        if sorted(link.removesuffix(".html") for link in links) != expected:
+            res.fail(f"index links {links} do not match solutions/ {expected}")
+        page.screenshot(path=str(out / "html_index.png"))
+        page.locator("a").first.click()
+        page.wait_for_load_state("load")
+        broken = page.evaluate(JS_BROKEN_IMAGES, "img")
+        if broken:
+            res.fail(f"pictures that did not load in {page.url}: {broken}")
+        if not page.locator("img").count():
+            res.fail(f"no pictures at all in {page.url}")
+        page.screenshot(path=str(out / "html_page.png"))
+        for m in console_failures(console):
+            res.fail(f"browser console error: {m[:200]}")
+    except Exception as exc:  # noqa: BLE001
+        res.fail(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    page.close()
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebooks", nargs="*", type=Path, help="default: solutions/*.ipynb")
@@ -338,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="tolerate NotImplementedError outputs (labs/) and run every cell past them")
     ap.add_argument("--timeout", type=float, default=600, help="seconds allowed to run one notebook")
     ap.add_argument("--chromium", default=CHROMIUM, help="the browser binary (default: %(default)s)")
+    ap.add_argument("--html", type=Path, help="also open the static copy in this folder (make html): index and a page")
     ap.add_argument("-v", "--verbose", action="store_true", help="print notes (stderr, sizes, values) per notebook")
     args = ap.parse_args(argv)
     try:
@@ -373,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
                     if args.verbose:
                         print(f"  {res.seconds} s", *[f"  FAIL {f}" for f in res.failures[1:]],
                               *[f"  {n}" for n in res.notes], sep="\n", file=sys.stderr)
+                if args.html:
+                    res = check_html(browser, args.html, args.out)
+                    results.append(res)
+                    print(res.line(), flush=True)
                 browser.close()
         finally:
             stop_lab(server)
