@@ -28,12 +28,13 @@ def _inline_png() -> None:
 _inline_png()
 
 
-def figure(ncols: int = 1, width: float = 5.0, height: float = 3.4) -> tuple[Figure, list[Axes]]:
-    """A figure with ``ncols`` side-by-side axes, sized for a notebook column."""
+def figure(ncols: int = 1, width: float = 5.0, height: float = 3.4, sharey: bool = False) -> tuple[Figure, list[Axes]]:
+    """A figure with ``ncols`` side-by-side axes, each ``width`` x ``height`` inches; ``sharey`` puts every panel on
+    one y scale (for panels a reader compares)."""
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1, got {ncols}")
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    return fig, list(np.atleast_1d(fig.subplots(1, ncols)))
+    return fig, list(np.atleast_1d(fig.subplots(1, ncols, sharey=sharey)))
 
 
 def grouped_bars(ax: Axes, labels: list[str], series: dict[str, list[float]], ylabel: str = "",
@@ -70,3 +71,34 @@ def share_pie(ax: Axes, parts: dict[str, float], title: str = "", min_share: flo
            textprops={"fontsize": 8})
     ax.set_title(title, fontsize=10)
     return ax
+
+
+# ------------------------------------------------------------------------------------------------- diagrams
+def diagram(width: float = 9.0, height: float = 4.0) -> tuple[Figure, Axes]:
+    """An empty canvas for a block diagram, in data units of 1 per inch (x to ``width``, y to ``height``)."""
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set(xlim=(0, width), ylim=(0, height))
+    ax.axis("off")
+    return fig, ax
+
+
+def box(ax: Axes, x: float, y: float, w: float, h: float, text: str, color: str = "#dbe9f6",
+        fontsize: float = 9, edge: str = "#3b5b7a", style: str = "round,pad=0.02,rounding_size=0.08") -> tuple:
+    """A labelled rounded box with its lower-left corner at (x, y); returns its centre."""
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle=style, facecolor=color, edgecolor=edge, lw=1.1))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize, wrap=True)
+    return x + w / 2, y + h / 2
+
+
+def arrow(ax: Axes, start: tuple, end: tuple, text: str = "", color: str = "#333333", fontsize: float = 8,
+          style: str = "-|>", ls: str = "-") -> None:
+    """An arrow from ``start`` to ``end`` with an optional label at its middle."""
+    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle=style, color=color, lw=1.1, ls=ls,
+                                                          shrinkA=2, shrinkB=2))
+    if text:
+        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.08, text, ha="center", va="bottom",
+                fontsize=fontsize, color=color)
+

@@ -15,14 +15,19 @@ helper (``time_dispatch``). Everything is seeded and CPU-sized.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 
+from dslab import validate
+from dslab.accounting import V3_PRETRAIN_TOKENS
 from dslab.configs import ModelArgs
 from dslab.data import CharTokenizer, get_batch
+from dslab.dispatch import loop_dispatch
 from dslab.model import Transformer
-from dslab.moe import MoE, expert_load, max_vio, sequence_balance_loss
+from dslab.moe import MoE, bias_update, expert_load, max_vio, sequence_balance_loss
 from dslab.train import TrainConfig, train_lm
 
 CHAR_CLASSES = ("digit", "letter", "space", "punct")
@@ -165,14 +170,45 @@ def time_dispatch(args: ModelArgs, dispatch: str, batch_size: int = 16, block_si
     return 1e3 * sorted(times[1:])[len(times[1:]) // 2]
 
 
+# ----------------------------------------------------------------------------------- references for the exercises
+def swiglu(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
+    """One SwiGLU FFN w2(silu(w1 x) * w3 x): x [n, dim], w1, w3 [inter, dim], w2 [dim, inter] -> [n, dim]."""
+    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
+
+
+def moe_forward_reference(x, weights, indices, w1, w2, w3, shared_w1=None, shared_w2=None, shared_w3=None):
+    """The MoE layer's output (V3 eq. 12 without the residual u_t, as the official ``MoE.forward``): the shared expert
+    plus Σ_k weights[t, k] · FFN_{indices[t, k]}(x_t). Built on ``dslab.dispatch.loop_dispatch``."""
+    y = loop_dispatch(x, weights, indices, w1, w2, w3)
+    return y if shared_w1 is None else y + swiglu(x, shared_w1, shared_w2, shared_w3)
+
+
+def collapsed_max_vio(n_experts: int, top_k: int) -> float:
+    """MaxVio when the same top_k of n_experts experts take every token: each of them gets all T tokens, the mean is
+    T·top_k/n_experts, so MaxVio = n_experts/top_k − 1."""
+    return n_experts / top_k - 1
+
+
 # ------------------------------------------------------------------------------------- router-only simulation
 @dataclass
 class RouterSim:
-    """Per-step results of ``simulate_router`` for the three methods (each [steps] or [steps, E])."""
+    """Per-step results of ``simulate_router`` for each method ("none", "aux", "aux_free").
 
-    loads: dict[str, torch.Tensor]  # method -> [steps, E] tokens per expert
-    vio: dict[str, torch.Tensor]  # method -> [steps] MaxVio of each batch
-    drift: float  # relative change of the router weights the aux loss caused, ‖W − W0‖ / ‖W0‖
+    loads [steps, E]: tokens per expert. vio [steps]: MaxVio of each batch. kept [steps]: how much of its preferred
+    affinity each token keeps, Σ_{chosen} s0 / Σ_{top-k of s0} s0 averaged over tokens, where s0 are the affinities
+    of the router before any balancing pressure (1 = every token got the experts it prefers). drift [steps]: how far
+    the affinities themselves moved, mean |s − s0| (the bias never moves them; the aux loss trains them).
+    """
+
+    loads: dict[str, torch.Tensor]
+    vio: dict[str, torch.Tensor]
+    kept: dict[str, torch.Tensor]
+    drift: dict[str, torch.Tensor]
+
+    def settled(self, field: str, method: str, last_fraction: float = 0.25) -> float:
+        """``field`` ("vio", "kept" or "drift") of ``method`` averaged over the last ``last_fraction`` of the steps."""
+        values = getattr(self, field)[method]
+        return float(values[-max(1, round(len(values) * last_fraction)):].mean())
 
 
 def _sim_tokens(n_tokens: int, dim: int, n_experts: int, skew: float, gen: torch.Generator):
@@ -189,37 +225,68 @@ def _sim_tokens(n_tokens: int, dim: int, n_experts: int, skew: float, gen: torch
 
 def simulate_router(gamma: float = 0.01, alpha: float = 1.0, steps: int = 60, n_tokens: int = 256,
                     n_experts: int = 16, top_k: int = 4, dim: int = 16, skew: float = 0.2,
-                    lr: float = 0.5, seed: int = 0) -> RouterSim:
+                    lr: float = 1.0, seed: int = 0, update: Callable = bias_update) -> RouterSim:
     """A linear sigmoid router alone, with a fresh batch of tokens each step, balanced three ways.
 
-    none: W0 fixed, no bias. aux_free: W0 fixed, bias += γ·sign(mean − load) each step. aux: W trained by SGD (rate
-    ``lr``) on α·L_Bal (eqs. 17–20, all tokens as one sequence) plus a pull ½‖W − W0‖² that stands in for what the
-    language model wants from the router, so the aux loss has something to fight. Runs in a few ms per 100 steps.
+    none: weights W0 fixed, no bias. aux_free: W0 fixed, b updated by ``update`` (``bias_update`` by default, or the
+    learner's own; rate γ) after each batch and
+    used for selection only (eq. 16). aux: W trained by SGD (rate ``lr``) on α·L_Bal (eqs. 17–20, the batch as one
+    sequence), the gradient reaching the router through the affinities, as in training. No language model pulls back
+    on W here, so this shows what each mechanism does to the routing, not how it interferes with the model's own
+    objective. Runs in a fraction of a second.
     """
+    validate.integer("steps", steps, 1)
+    validate.integer("top_k", top_k, 1, n_experts)
     gen = torch.Generator().manual_seed(seed)
     x, w0 = _sim_tokens(n_tokens * steps, dim, n_experts, skew, gen)
-    batches = x.view(steps, n_tokens, dim)
-    bias = torch.zeros(n_experts)
-    w = w0.clone().requires_grad_(True)
-    loads: dict[str, list[torch.Tensor]] = {"none": [], "aux": [], "aux_free": []}
-    for xb in batches:
-        logits = xb @ w0.T  # [T, E]; sigmoid is monotone, so top-k of logits = top-k of affinities
-        loads["none"].append(torch.bincount(logits.topk(top_k).indices.flatten(), minlength=n_experts))
-        biased = logits.sigmoid() + bias  # eq. 16: the bias steers selection only
-        loads["aux_free"].append(torch.bincount(biased.topk(top_k).indices.flatten(), minlength=n_experts))
-        bias = bias + gamma * torch.sign(loads["aux_free"][-1].float().mean() - loads["aux_free"][-1])
-        scores = torch.sigmoid(xb @ w.T)
-        idx = scores.detach().topk(top_k).indices
-        loads["aux"].append(torch.bincount(idx.flatten(), minlength=n_experts))
-        loss = sequence_balance_loss(scores, idx, alpha) + 0.5 * ((w - w0) ** 2).sum()
-        (grad,) = torch.autograd.grad(loss, w)
+    bias, w = torch.zeros(n_experts), w0.clone().requires_grad_(True)
+    rows: dict[str, dict[str, list]] = {m: {"loads": [], "vio": [], "kept": [], "drift": []}
+                                        for m in ("none", "aux", "aux_free")}
+    for xb in x.view(steps, n_tokens, dim):
+        s0 = (xb @ w0.T).sigmoid()  # [T, E] the router's own preferences
+        best = s0.topk(top_k).values.sum(-1)
+        s = (xb @ w.T).sigmoid()
+        picks = {"none": s0.topk(top_k).indices, "aux_free": (s0 + bias).topk(top_k).indices,
+                 "aux": s.detach().topk(top_k).indices}
+        for method, idx in picks.items():
+            load = expert_load(idx, n_experts)
+            row = rows[method]
+            row["loads"].append(load)
+            row["vio"].append(max_vio(load))
+            row["kept"].append(float((s0.gather(-1, idx).sum(-1) / best).mean()))
+            row["drift"].append(float((s.detach() - s0).abs().mean()) if method == "aux" else 0.0)
+        bias = update(bias, rows["aux_free"]["loads"][-1], gamma)
+        (grad,) = torch.autograd.grad(sequence_balance_loss(s, picks["aux"], alpha), w)
         with torch.no_grad():
             w -= lr * grad
-    stacked = {k: torch.stack(v) for k, v in loads.items()}
-    vio = {k: torch.tensor([max_vio(row) for row in v]) for k, v in stacked.items()}
-    drift = float((w.detach() - w0).norm() / w0.norm())
-    return RouterSim(stacked, vio, drift)
+    return RouterSim(*({m: (torch.stack(r[f]) if f == "loads" else torch.tensor(r[f])) for m, r in rows.items()}
+                       for f in ("loads", "vio", "kept", "drift")))
 
 
-__all__ = ["CHAR_CLASSES", "Method", "RouterSim", "RunResult", "build_model", "char_class", "routing_by_class",
-           "simulate_router", "time_dispatch", "train_method"]
+def balance_tradeoff(alphas: list[float], gammas: list[float], steps: int = 60, seed: int = 0) -> dict[str, list]:
+    """Settled (MaxVio, preference kept) of the aux loss at each α and of the bias at each γ, from ``simulate_router``.
+
+    Returns {"aux": [(α, vio, kept), ...], "aux_free": [(γ, vio, kept), ...]}: where each mechanism lands between
+    balance and the experts the tokens prefer.
+    """
+    aux = [(a, (sim := simulate_router(alpha=a, gamma=0.0, steps=steps, seed=seed)).settled("vio", "aux"),
+            sim.settled("kept", "aux")) for a in alphas]
+    free = [(g, (sim := simulate_router(alpha=0.0, gamma=g, steps=steps, seed=seed)).settled("vio", "aux_free"),
+             sim.settled("kept", "aux_free")) for g in gammas]
+    return {"aux": aux, "aux_free": free}
+
+
+def v3_training_steps() -> dict[str, float]:
+    """Optimizer steps of V3's pre-training from its batch schedule (V3 §4.2): sequences of 4096 tokens, the batch
+    raised from 3072 to 15360 sequences over the first 469B tokens (taken as a linear ramp), then 15360 until 14.8T.
+    """
+    seq, start, end, ramp, total = 4096, 3072, 15360, 469e9, V3_PRETRAIN_TOKENS
+    ramp_steps = ramp / (seq * (start + end) / 2)  # a linear ramp in batch size averages its two ends
+    rest_steps = (total - ramp) / (seq * end)
+    return {"ramp_steps": ramp_steps, "rest_steps": rest_steps, "steps": ramp_steps + rest_steps,
+            "tokens_per_step_at_full_batch": seq * end}
+
+
+__all__ = ["CHAR_CLASSES", "Method", "RouterSim", "RunResult", "balance_tradeoff", "build_model", "char_class",
+           "collapsed_max_vio", "moe_forward_reference", "swiglu",
+           "routing_by_class", "seed_sweep", "simulate_router", "time_dispatch", "train_method", "v3_training_steps"]
