@@ -226,6 +226,22 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p.double() / p.double().sum() if total <= 0 else r / total).to(p.dtype)
 
 
+def expected_speedup(alpha: float, n_draft: int = 1, verify_cost: float = 1.0,
+                     draft_cost: float = 0.0) -> tuple[float, float]:
+    """(tokens per main-model forward, tokens/s speedup over plain decoding) for drafts accepted with probability
+    ``alpha`` each, independently (Leviathan et al. 2023): E = 1 + α + ... + α^n = (1 - α^{n+1}) / (1 - α).
+
+    Costs are relative to a one-token main-model forward: verify_cost for the (n + 1)-token forward that checks n
+    drafts, draft_cost for one MTP module step. Speedup = E / (verify_cost + n·draft_cost).
+    """
+    validate.real("alpha", alpha, 0, 1)
+    validate.integer("n_draft", n_draft, 1)
+    validate.real("verify_cost", verify_cost, 0, lo_open=True)
+    validate.real("draft_cost", draft_cost, 0)
+    tokens = float(sum(alpha**i for i in range(n_draft + 1)))
+    return tokens, tokens / (verify_cost + n_draft * draft_cost)
+
+
 # ------------------------------------------------------------------------------------- speculative decoding
 @dataclass
 class SpecResult:
@@ -233,7 +249,8 @@ class SpecResult:
 
     forwards counts main-model forwards including the prefill (plain decoding needs one per token); drafted[k] and
     accepted[k] count depth-(k+1) drafts that were verified and kept (a draft after a rejection is never verified).
-    kinds lists, per verified draft, (position of the drafted token in the whole sequence, accepted).
+    verified lists, per verified draft, (its position in prompt + tokens, its depth 1..n_draft, whether it was kept);
+    after a rejection the token at that position is the main model's own.
     """
 
     tokens: list[int]
@@ -241,7 +258,7 @@ class SpecResult:
     mtp_forwards: int = 0
     drafted: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
-    verified: list[tuple[int, bool]] = field(default_factory=list)
+    verified: list[tuple[int, int, bool]] = field(default_factory=list)
 
     @property
     def acceptance_rate(self) -> float:
@@ -387,4 +404,4 @@ def _speculate(dec: _Decoder, prompt: list[int], max_new_tokens: int, stop: int 
             kept = i < len(new) - 1
             res.drafted[i] += 1
             res.accepted[i] += kept
-            res.verified.append((m + 1 + i, kept))
+            res.verified.append((m + 1 + i, i + 1, kept))

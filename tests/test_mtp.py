@@ -327,7 +327,8 @@ def test_counts_add_up(trained):
     res = mtp.speculative_generate(model, word_stream(8, seed=3).tolist(), 50, n_draft=2)
     assert len(res.tokens) == 50
     assert 0 < res.drafted[1] <= res.accepted[0]  # a second draft is verified only after the first was accepted
-    assert len(res.verified) == sum(res.drafted) and sum(k for _, k in res.verified) == sum(res.accepted)
+    assert len(res.verified) == sum(res.drafted) and sum(k for _, _, k in res.verified) == sum(res.accepted)
+    assert [sum(1 for _, d, _ in res.verified if d == depth) for depth in (1, 2)] == res.drafted
     # every forward after the prefill appends the accepted drafts and one token of its own
     assert len(res.tokens) == 1 + (res.forwards - 1) + sum(res.accepted)
 
@@ -456,3 +457,38 @@ def test_a_drafter_from_another_checkpoint_of_the_same_shape_is_allowed(trained)
     res = mtp.speculative_generate(model, prompt, 20, drafter=other)
     assert res.tokens == model.generate(prompt, 20)
     assert math.isfinite(res.tokens_per_forward)
+
+
+# ----------------------------------------------------------------------------------------------------- benchmark
+def test_benchmark_is_registered_and_keeps_rope_in_bfloat16():
+    import copy
+
+    from dslab.bench import BENCHMARKS
+    from dslab.bench import mtp as bench
+
+    assert "mtp" in BENCHMARKS
+    torch.manual_seed(0)
+    model = Transformer(small_args(depth=1, moe=True, vocab=30), max_batch_size=1).eval()
+    half = bench.to_dtype(copy.deepcopy(model), torch.bfloat16)
+    tables = [b for name, b in half.named_buffers() if name.endswith("freqs_cis")]
+    assert tables and all(t.is_complex() for t in tables)
+    assert half.embed.weight.dtype == torch.bfloat16 and half.layers[1].ffn.gate.bias.dtype == torch.float32
+    x = torch.randint(0, 30, (1, 20))
+    ref, got = model(x), half(x).float()
+    assert (got - ref).norm() / ref.norm() < 0.05  # bf16 rounding only; a broken RoPE table is far off
+    assert len(mtp.speculative_generate(half, [1, 2, 3], 10).tokens) == 10
+
+
+def test_benchmark_helpers_time_and_compare(trained):
+    from dslab.bench import mtp as bench
+
+    model, _ = trained
+    costs = bench.forward_costs(model, context=16, rounds=2)
+    assert set(costs["ms"]) == {"main_1", "main_2", "main_3", "mtp_1", "mtp_2"}
+    assert costs["relative"]["main_1"] == 1.0
+    prompts = bench.prompts_from(word_stream(400, seed=7), 2, length=8)
+    assert [len(p) for p in prompts] == [8, 8] and prompts[0] != prompts[1]
+    found = bench.measure(model, prompts, torch.float32, rounds=1, new_tokens=12)
+    assert found["same_tokens"] and found["speedup"] > 0 and 1 <= found["tokens_per_forward"] <= 2
+    assert found["ceiling"] == pytest.approx(mtp.expected_speedup(found["acceptance"], 1, found["c2"],
+                                                                   found["c_mtp"])[1])
