@@ -498,12 +498,33 @@ def _micro_batches(n: int, size: int) -> list[slice]:
 
 
 @torch.no_grad()
-def _logps_no_grad(model: nn.Module, ids: torch.Tensor, temperature: float, size: int) -> torch.Tensor:
+def _logps_no_grad(model: nn.Module, ids: torch.Tensor, temperature: float) -> torch.Tensor:
     was = model.training
     model.train()  # the full-sequence path (nothing is updated; no dropout in these models)
-    out = torch.cat([token_logps(model, ids[s], temperature) for s in _micro_batches(len(ids), size)])
+    out = token_logps(model, ids, temperature)
     model.train(was)
     return out
+
+
+def _length_batches(ids: torch.Tensor, mask: torch.Tensor, size: int) -> list[tuple[slice, int]]:
+    """Micro-batches of rows sorted by length, each with the width that holds its longest sequence."""
+    out = []
+    for mb in _micro_batches(len(ids), size):
+        last = int(mask[mb].sum(0).nonzero().max()) + 2 if bool(mask[mb].any()) else 2  # +1 target shift, +1 slice
+        out.append((mb, min(ids.shape[1], last)))
+    return out
+
+
+def _monitor_kl(policy: nn.Module, ref: nn.Module | None, ids: torch.Tensor, mask: torch.Tensor,
+                cfg: GRPOConfig) -> float:
+    """k3 KL to the reference, per completion token, on ``cfg.kl_rows`` rows spread over the batch (β = 0: logged
+    only, never in the loss)."""
+    if ref is None or cfg.kl_rows == 0:
+        return 0.0
+    rows = torch.linspace(0, len(ids) - 1, min(cfg.kl_rows, len(ids))).round().long().unique()
+    logps = _logps_no_grad(policy, ids[rows], cfg.temperature)
+    kl = per_token_kl(logps, _logps_no_grad(ref, ids[rows], cfg.temperature))
+    return float((kl * mask[rows]).sum() / mask[rows].sum().clamp(min=1))
 
 
 def _weight(loss_type: str, mask_mb: torch.Tensor, mask: torch.Tensor) -> float:
@@ -583,35 +604,35 @@ def grpo_step(policy: nn.Module, ref: nn.Module | None, opt: torch.optim.Optimiz
     kept = Rollout(r.ids[rows], r.mask[rows], r.stopped[rows])
     ids, mask = join([prompts[g] for g in keep_groups], kept, G, tok.pad_id)
     adv = adv[rows]
-    old = _logps_no_grad(policy, ids, cfg.temperature, cfg.micro_batch_rows) if cfg.num_iterations > 1 else None
-    kl_ids = slice(None) if cfg.beta > 0 else slice(0, min(cfg.kl_rows, len(ids)))
-    ref_logps = _logps_no_grad(ref, ids[kl_ids], cfg.temperature, cfg.micro_batch_rows) if (
-        ref is not None and (cfg.beta > 0 or cfg.kl_rows > 0)) else None
-    stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
+    order = (mask.sum(-1) + torch.tensor([len(prompts[g]) for g in keep_groups for _ in range(G)])).argsort()
+    ids, mask, adv = ids[order], mask[order], adv[order]  # similar lengths share a micro-batch: little padding
+    mbs = _length_batches(ids, mask, cfg.micro_batch_rows)
+    old = [_logps_no_grad(policy, ids[mb, :w], cfg.temperature) for mb, w in mbs] if cfg.num_iterations > 1 \
+        else None
+    ref_logps = [_logps_no_grad(ref, ids[mb, :w], cfg.temperature) for mb, w in mbs] if cfg.beta > 0 else None
+    stats = {"loss": 0.0, "kl": _monitor_kl(policy, ref, ids, mask, cfg) if cfg.beta == 0 else 0.0,
+             "clip_fraction": 0.0, "grad_norm": 0.0}
     for _ in range(cfg.num_iterations):
         opt.zero_grad(set_to_none=True)
-        kl_num = kl_den = clip_num = 0.0
-        for mb in _micro_batches(len(ids), cfg.micro_batch_rows):
-            logps = token_logps(policy, ids[mb], cfg.temperature)
-            old_mb = logps.detach() if old is None else old[mb]
-            ref_mb = ref_logps[mb] if cfg.beta > 0 else None
-            loss = policy_loss(logps, old_mb, ref_mb, adv[mb], mask[mb], beta=cfg.beta, epsilon_low=cfg.epsilon,
+        kl_num = clip_num = 0.0
+        for i, (mb, w) in enumerate(mbs):
+            logps, m = token_logps(policy, ids[mb, :w], cfg.temperature), mask[mb, : w - 1]
+            old_mb = logps.detach() if old is None else old[i]
+            ref_mb = ref_logps[i] if ref_logps is not None else None
+            loss = policy_loss(logps, old_mb, ref_mb, adv[mb], m, beta=cfg.beta, epsilon_low=cfg.epsilon,
                                epsilon_high=cfg.eps_high, loss_type=cfg.loss_type,
-                               max_completion_length=cfg.max_completion_length) * _weight(cfg.loss_type, mask[mb], mask)
+                               max_completion_length=cfg.max_completion_length) * _weight(cfg.loss_type, m, mask)
             loss.backward()
             stats["loss"] += float(loss.detach()) / cfg.num_iterations
-            clip_num += clip_fraction(logps.detach(), old_mb, adv[mb], mask[mb], cfg.epsilon,
-                                      cfg.eps_high) * float(mask[mb].sum())
-            if ref_logps is not None:  # KL on the rows it was computed for (all of them when beta > 0)
-                lo, hi = mb.start, min(mb.stop, len(ref_logps))
-                if lo < hi:
-                    m = mask[lo:hi]
-                    kl_num += float((per_token_kl(logps.detach()[: hi - lo], ref_logps[lo:hi]) * m).sum())
-                    kl_den += float(m.sum())
+            clip_num += clip_fraction(logps.detach(), old_mb, adv[mb], m, cfg.epsilon, cfg.eps_high) * float(m.sum())
+            if ref_mb is not None:
+                kl_num += float((per_token_kl(logps.detach(), ref_mb) * m).sum())
         stats["grad_norm"] += float(nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)) / cfg.num_iterations
         opt.step()
-        stats["clip_fraction"] += clip_num / float(mask.sum().clamp(min=1)) / cfg.num_iterations
-        stats["kl"] += (kl_num / kl_den if kl_den else 0.0) / cfg.num_iterations
+        tokens = float(mask.sum().clamp(min=1))
+        stats["clip_fraction"] += clip_num / tokens / cfg.num_iterations
+        if cfg.beta > 0:
+            stats["kl"] += kl_num / tokens / cfg.num_iterations
     return {**row, **stats}
 
 
@@ -711,30 +732,51 @@ class SFTConfig:
     warmup: int = 10
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    eval_every: int = 20
+    eval_tasks: int = 200
+    max_completion_length: int = 64
     seed: int = 0
     metrics: str | None = None
 
     def __post_init__(self):
-        for k in ("steps", "batch_size"):
+        for k in ("steps", "batch_size", "eval_every", "max_completion_length"):
             validate.integer(f"SFTConfig.{k}", getattr(self, k), 1)
+        validate.integer("SFTConfig.eval_tasks", self.eval_tasks, 0)
         validate.integer("SFTConfig.warmup", self.warmup, 0)
         validate.real("SFTConfig.lr", self.lr, 0.0, lo_open=True)
         validate.real("SFTConfig.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         validate.real("SFTConfig.grad_clip", self.grad_clip, 0.0, lo_open=True)
 
 
-def train_sft(model: nn.Module, pairs: Sequence[tuple[str, str]], cfg: SFTConfig, desc: str = "SFT") -> list[dict]:
+def train_sft(model: nn.Module, pairs: Sequence[tuple[str, str]], cfg: SFTConfig,
+              eval_tasks: Sequence[Task] | None = None, desc: str = "SFT") -> list[dict]:
     """Fine-tune ``model`` on ``pairs`` with the loss on completion tokens only; one row per step (loss, lr, CPU and
-    wall seconds)."""
+    wall seconds, evaluation excluded). With ``eval_tasks``, row 0 and every ``cfg.eval_every`` steps (and the last)
+    add the greedy accuracy and format rate on ``cfg.eval_tasks`` of them, as ``train_grpo`` does."""
     if not pairs:
         raise ValueError("pairs must hold at least one (prompt, completion) pair")
     tok, rng = CharTokenizer(), random.Random(cfg.seed)
+    eval_tasks = list(eval_tasks or [])[: cfg.eval_tasks]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    model.train()
     history, cpu, wall = [], 0.0, 0.0
     if cfg.metrics:
         Path(cfg.metrics).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.metrics).write_text("", encoding="utf-8")
+
+    def log(row):
+        history.append(row)
+        if cfg.metrics:
+            with open(cfg.metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def evaluated(row):
+        if eval_tasks:
+            acc, fmt = greedy_accuracy(model, eval_tasks, cfg.max_completion_length)
+            row.update(val_accuracy=acc, val_format=fmt)
+        return row
+
+    log(evaluated({"step": 0, "cpu_seconds": 0.0, "wall_seconds": 0.0}))
+    model.train()
     for step in progress(range(cfg.steps), desc=desc):
         c0, w0 = time.process_time(), time.perf_counter()
         lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
@@ -747,10 +789,10 @@ def train_sft(model: nn.Module, pairs: Sequence[tuple[str, str]], cfg: SFTConfig
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         cpu, wall = cpu + time.process_time() - c0, wall + time.perf_counter() - w0
-        row = {"step": step + 1, "lr": lr, "loss": float(loss), "cpu_seconds": cpu, "wall_seconds": wall}
-        history.append(row)
-        if cfg.metrics:
-            with open(cfg.metrics, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+        row = {"step": step + 1, "lr": lr, "loss": float(loss.detach()), "cpu_seconds": cpu, "wall_seconds": wall}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            evaluated(row)
+            model.train()
+        log(row)
     model.eval()
     return history

@@ -1,0 +1,509 @@
+"""Lab 05's experiment harnesses: the policies, their pretraining, the run configurations the notebook and the artifacts
+script share, rejection sampling for distillation, and a few readers of samples and curves.
+
+Everything here is seeded and CPU-sized. The shipped files live in ``datasets/grpo/`` (``artifacts_dir()``): the
+pretrained base and student checkpoints (``base.pt``, ``student.pt`` with ``*.json`` cards) and the metrics of the
+comparison runs (``runs/<name>.jsonl``), all written by ``python -m dslab.labs.lab05_grpo.artifacts``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+import dslab
+from dslab import data, grpo
+from dslab.configs import ModelArgs, load
+from dslab.model import Transformer
+from dslab.rewards import consistency_reward, format_reward, notation_of, parse_answer, reward_components, think_text
+from dslab.train import TrainConfig, train_lm
+
+MAX_SEQ_LEN = 160  # prompt (<= 60 characters) + completion (<= 80 characters on the 4-digit split)
+MAX_NEW = {"test": 64, "val": 64, "train": 64, "hard": 80}
+SIZES = {  # the policy (a dense transformer with MHA) and the smaller student of the distillation comparison
+    "base": dict(dim=96, n_heads=4, head_dim=24, inter_dim=256, n_layers=4),
+    "student": dict(dim=64, n_heads=4, head_dim=16, inter_dim=160, n_layers=2),
+}
+
+
+# ------------------------------------------------------------------------------------------------------ files
+def artifacts_dir() -> Path:
+    """datasets/grpo/ of the course checkout this package runs from."""
+    root = Path(dslab.__file__).resolve().parents[1] / "datasets"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} not found: lab 05 reads its shipped checkpoints from the course checkout's "
+                                "datasets/ folder (install dslab with `pip install -e .` from the checkout)")
+    return root / "grpo"
+
+
+def split(name: str) -> list[data.Task]:
+    """A frozen RL split ("train", "val", "test" or "hard") from datasets/rl_arithmetic/."""
+    return data.load_tasks(name, artifacts_dir().parent)
+
+
+def held_out_questions() -> frozenset[str]:
+    """Questions of the val, test and hard splits: the pretraining text never contains them."""
+    return frozenset(t.question for name in ("val", "test", "hard") for t in split(name))
+
+
+# --------------------------------------------------------------------------------------------------- policies
+def policy_args(size: str = "base") -> ModelArgs:
+    """The architecture of the lab's policy ("base") or of the smaller distillation student ("student")."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    s = SIZES[size]
+    return load("tiny-mha").replace(name=f"lab05-{size}", vocab_size=data.CharTokenizer().vocab_size,
+                                    n_kv_heads=s["n_heads"], n_dense_layers=s["n_layers"], max_seq_len=MAX_SEQ_LEN,
+                                    original_seq_len=MAX_SEQ_LEN, **s)
+
+
+def new_policy(size: str = "base", rows: int = 256, seed: int = 0) -> Transformer:
+    """A freshly initialised policy whose KV caches hold ``rows`` rows (the rollout batch)."""
+    torch.manual_seed(seed)
+    return Transformer(policy_args(size), max_batch_size=rows)
+
+
+def load_policy(name: str = "base", rows: int = 256, path: Path | None = None) -> Transformer:
+    """A shipped checkpoint ("base" or "student", from datasets/grpo/) as a policy in eval mode."""
+    path = path or artifacts_dir() / f"{name}.pt"
+    card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    model = Transformer(ModelArgs.from_dict(card["args"]), max_batch_size=rows)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+
+
+def clone_policy(model: Transformer, rows: int | None = None) -> Transformer:
+    """A copy of ``model`` with its own weights (and caches of ``rows`` rows)."""
+    copy = Transformer(model.args, max_batch_size=rows or grpo.cache_rows(model))
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
+
+
+# -------------------------------------------------------------------------------------------------- pretraining
+@dataclass(frozen=True)
+class Pretraining:
+    """How a base model is made: next-token prediction on ``data.pretraining_text`` (``dslab.train.train_lm``)."""
+
+    size: str = "base"
+    steps: int = 4000
+    batch_size: int = 32
+    block_size: int = 128
+    lr: float = 3e-3
+    n_chars: int = 3_000_000
+    seed: int = 0
+
+
+def pretrain(spec: Pretraining, eval_tasks: Sequence[data.Task] = (), eval_every: int = 500) -> tuple[Transformer,
+                                                                                                          list[dict]]:
+    """Pretrain a policy from scratch on arithmetic text; every ``eval_every`` steps the greedy accuracy on
+    ``eval_tasks`` is added to the history. Returns (model in eval mode, history)."""
+    tok = data.CharTokenizer()
+    text = data.pretraining_text(spec.n_chars, seed=spec.seed, exclude=held_out_questions())
+    train_ids, val_ids = data.train_val_split(torch.tensor(tok.encode(text)), 0.02)
+    model = new_policy(spec.size, seed=spec.seed)
+    cfg = TrainConfig(steps=spec.steps, batch_size=spec.batch_size, block_size=spec.block_size, lr=spec.lr,
+                      warmup=min(100, spec.steps // 10 + 1), eval_every=eval_every, eval_batches=4, seed=spec.seed)
+
+    def after(m, step):
+        if eval_tasks and ((step + 1) % eval_every == 0 or step + 1 == spec.steps):
+            acc, fmt = grpo.greedy_accuracy(m, eval_tasks, MAX_NEW["test"])
+            return {"greedy_accuracy": acc, "greedy_format": fmt}
+        return None
+
+    history = train_lm(model, train_ids, val_ids, cfg, after_step=after)
+    return model.eval(), history
+
+
+def save_policy(model: Transformer, path: Path, card: dict) -> None:
+    """Write the weights (float32) and a JSON card (architecture, how it was made, what it scores) beside them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, path)
+    card = {"args": model.args.to_dict(), "params": model.num_params(), **card}
+    path.with_suffix(".json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------- run configurations
+def r1_zero_config(fast: bool = False, **changes) -> grpo.GRPOConfig:
+    """R1-Zero at the lab's defaults: GRPO from the base with accuracy + 0.1·format rewards, G = 16, no KL,
+    ε = 0.2, lr 3e-4 with cosine decay, zero-variance groups dropped. FAST: a few small steps."""
+    cfg = grpo.GRPOConfig(steps=60, prompts_per_step=32, num_generations=16, lr=3e-4, eval_every=10, eval_tasks=200,
+                          reward_weights={"accuracy": 1.0, "format": 0.1})
+    if fast:
+        cfg = replace(cfg, steps=3, prompts_per_step=4, num_generations=8, eval_every=3, eval_tasks=20)
+    return replace(cfg, **changes)
+
+
+COLD_START = grpo.SFTConfig(steps=60, batch_size=32, lr=1e-3, warmup=5)
+COLD_START_EXAMPLES = 500
+CONSISTENCY_WEIGHTS = {"accuracy": 1.0, "format": 0.1, "consistency": 0.2}
+
+
+def cold_start_pairs(n: int = COLD_START_EXAMPLES, seed: int = 21) -> list[tuple[str, str]]:
+    """Readable cold-start examples: train-split tasks with their full working in the digits notation."""
+    tasks = split("train")
+    return data.cold_start_pairs([tasks[i] for i in torch.randperm(len(tasks), generator=torch.Generator()
+                                                                   .manual_seed(seed))[:n].tolist()], "digits")
+
+
+# ------------------------------------------------------------------------------------------- distillation data
+@torch.no_grad()
+def rejection_sample(teacher: Transformer, task_list: Sequence[data.Task], k: int = 4, temperature: float = 0.6,
+                     seed: int = 0, target: str = "digits") -> list[tuple[str, str]]:
+    """R1 §2.3.3 in miniature: k samples per task from ``teacher``; keep the completions that are right, well
+    formatted and written entirely in the target notation (at most one per task, the first such)."""
+    samples = grpo.sample_answers(teacher, task_list, k, MAX_NEW["train"], temperature, 0.95, seed)
+    kept = []
+    for task, outs in zip(task_list, samples):
+        for text in outs:
+            if parse_answer(text) == task.answer and consistency_reward(text, target) == 1.0 and \
+                    format_reward(text) == 1.0:
+                kept.append((task.prompt, text))
+                break
+    return kept
+
+
+# --------------------------------------------------------------------------------------------------- reading
+def describe(completion: str) -> dict:
+    """How a completion is written: has_working, share of its working in each notation, mixed or not."""
+    think = think_text(completion)
+    words = (think or "").split()
+    kinds = [notation_of(w) for w in words]
+    return {"has_working": bool(words), "digits": kinds.count("digits") / len(words) if words else 0.0,
+            "letters": kinds.count("letters") / len(words) if words else 0.0,
+            "mixed": "digits" in kinds and "letters" in kinds}
+
+
+def writing_style(samples: Sequence[Sequence[str]]) -> dict:
+    """Over all completions: share without working, share with mixed notations, mean share in digits."""
+    rows = [describe(s) for ss in samples for s in ss]
+    n = max(1, len(rows))
+    return {"no_working": sum(not r["has_working"] for r in rows) / n,
+            "mixed": sum(r["mixed"] for r in rows) / n,
+            "digits_share": sum(r["digits"] for r in rows) / n,
+            "letters_share": sum(r["letters"] for r in rows) / n}
+
+
+def timed(fn, *args, **kwargs):
+    """(result, CPU seconds, wall seconds) of one call."""
+    c, w = time.process_time(), time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.process_time() - c, time.perf_counter() - w
+
+
+def read_runs(names: Sequence[str], folder: Path | None = None) -> dict[str, list[dict]]:
+    """Shipped metrics files (datasets/grpo/runs/<name>.jsonl) as {name: rows}."""
+    folder = folder or artifacts_dir() / "runs"
+    return {n: grpo.read_metrics(folder / f"{n}.jsonl") for n in names}
+
+
+def first_reaching(rows: Sequence[dict], metric: str, level: float) -> dict | None:
+    """The first row whose ``metric`` is >= level (None if no row gets there)."""
+    return next((r for r in rows if r.get(metric, -1) >= level), None)
+
+
+# ------------------------------------------------------------------------------------------- the shipped runs
+@dataclass(frozen=True)
+class RunSpec:
+    """One comparison run: where it starts ("base", "cold_start": base + the cold-start SFT, "student", or
+    "distill": the student fine-tuned on the R1-Zero policy's rejection-sampled completions), its GRPO config
+    (None for the distillation run, which is SFT only) and what it shows."""
+
+    name: str
+    start: str
+    cfg: grpo.GRPOConfig | None
+    about: str
+
+
+def run_specs() -> dict[str, RunSpec]:
+    """Every run ``artifacts runs`` makes; the notebook plots their metrics files."""
+    r1 = r1_zero_config()
+    specs = [
+        RunSpec("r1_zero", "base", r1, "R1-Zero at the lab's defaults (the run the notebook repeats live)"),
+        RunSpec("consistency", "base", replace(r1, reward_weights=CONSISTENCY_WEIGHTS),
+                "R1-Zero plus the notation-consistency reward (weight 0.2)"),
+        RunSpec("cold_start", "cold_start", r1, "cold-start SFT, then the same GRPO"),
+        RunSpec("cold_start_consistency", "cold_start", replace(r1, reward_weights=CONSISTENCY_WEIGHTS),
+                "cold-start SFT, then GRPO with the consistency reward: R1's recipe"),
+        RunSpec("scale_none", "base", replace(r1, scale_rewards="none"), "no std scaling (Dr. GRPO's advantage)"),
+        RunSpec("scale_batch", "base", replace(r1, scale_rewards="batch"), "std of the whole batch"),
+        RunSpec("beta_0.04", "base", replace(r1, beta=0.04), "KL penalty β = 0.04 (DeepSeekMath)"),
+        RunSpec("beta_0.4", "base", replace(r1, beta=0.4), "KL penalty β = 0.4"),
+        RunSpec("mu2_eps_0.2", "base", replace(r1, num_iterations=2), "μ = 2 updates per batch, ε = 0.2"),
+        RunSpec("mu2_eps_0.05", "base", replace(r1, num_iterations=2, epsilon=0.05), "μ = 2, ε = 0.05"),
+        RunSpec("mu2_eps_10", "base", replace(r1, num_iterations=2, epsilon=10.0), "μ = 2, ε = 10 (R1's first RL "
+                                                                                       "stage)"),
+        RunSpec("G_4", "base", replace(r1, num_generations=4, prompts_per_step=128), "G = 4 (same 512 completions "
+                                                                                     "per step)"),
+        RunSpec("G_8", "base", replace(r1, num_generations=8, prompts_per_step=64), "G = 8 (same 512 completions "
+                                                                                    "per step)"),
+        RunSpec("student_grpo", "student", r1, "GRPO directly on the smaller student"),
+        RunSpec("student_distill", "distill", None, "the student fine-tuned on the R1-Zero policy's correct samples"),
+    ]
+    return {s.name: s for s in specs}
+
+
+DISTILL = grpo.SFTConfig(steps=150, batch_size=32, lr=1e-3, warmup=10, eval_every=15)
+DISTILL_TASKS = 2000  # train-split tasks the teacher samples for
+
+
+def config_dict(cfg) -> dict:
+    return asdict(cfg)
+
+
+# ------------------------------------------------------------------------------------------ notebook helpers
+def read_card(name: str) -> dict:
+    """The JSON card of a shipped checkpoint (datasets/grpo/<name>.json)."""
+    return json.loads((artifacts_dir() / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def evaluate_splits(model: Transformer, splits: dict[str, Sequence[data.Task]], k: int, seed: int = 0) -> dict:
+    """``grpo.evaluate`` on each split (greedy, pass@1, pass@k, cons@k at temperature 0.6, top-p 0.95), plus the
+    writing style of the samples and the tasks themselves."""
+    out = {}
+    for name, task_list in splits.items():
+        res = grpo.evaluate(model, task_list, k=k, max_new_tokens=MAX_NEW.get(name, 80), seed=seed)
+        res["style"] = writing_style(res["samples"])
+        res["tasks"] = list(task_list)
+        out[name] = res
+    return out
+
+
+def vote_accuracy(split_result: dict, cons) -> float:
+    """cons@k over a split's samples with the vote function ``cons(answers, truth)``."""
+    votes = [cons([parse_answer(s) for s in ss], t.answer) for ss, t in zip(split_result["samples"],
+                                                                           split_result["tasks"])]
+    return sum(votes) / len(votes)
+
+
+def _k(res: dict) -> int:
+    return len(res["samples"][0])
+
+
+def print_evaluation(results: dict[str, dict]) -> None:
+    """One line per model and split: greedy, pass@1, cons@k, pass@k, format rate, share of samples without working."""
+    any_res = next(iter(next(iter(results.values())).values()))
+    k = _k(any_res)
+    print(f"{'model':<14}{'split':<7}{'greedy':>8}{'pass@1':>8}{f'cons@{k}':>9}{f'pass@{k}':>9}{'format':>8}"
+          f"{'no working':>12}{'mixed':>7}")
+    for model, splits in results.items():
+        for name, r in splits.items():
+            print(f"{model:<14}{name:<7}{r['greedy']:>8.1%}{r['pass@1']:>8.1%}{r[f'cons@{k}']:>9.1%}"
+                  f"{r[f'pass@{k}']:>9.1%}{r['format']:>8.1%}{r['style']['no_working']:>12.1%}"
+                  f"{r['style']['mixed']:>7.1%}")
+
+
+def evaluation_figure(results: dict[str, dict], k: int):
+    """Bars of greedy, pass@1, cons@k and pass@k per model, one panel per split."""
+    from dslab import plots
+
+    splits = list(next(iter(results.values())))
+    fig, axes = plots.figure(len(splits), width=4.6, height=3.2)
+    metrics = ["greedy", "pass@1", f"cons@{k}", f"pass@{k}"]
+    for ax, name in zip(axes, splits):
+        plots.grouped_bars(ax, metrics, {m: [results[m][name][x] for x in metrics] for m in results},
+                           ylabel="share of problems")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{name} split ({len(results[next(iter(results))][name]['tasks'])} problems)", fontsize=10)
+    return fig
+
+
+@torch.no_grad()
+def sample_groups(model: Transformer, task_list: Sequence[data.Task], G: int, seed: int = 0,
+                  weights: dict | None = None) -> dict:
+    """G completions per task at temperature 1 (as in training) and their rewards: {"reward", "accuracy", "format"}
+    tensors [N·G] and the texts."""
+    weights = weights or {"accuracy": 1.0, "format": 0.1}
+    texts = [t for ss in grpo.sample_answers(model, task_list, G, MAX_NEW["train"], 1.0, 1.0, seed) for t in ss]
+    comps = [reward_components(text, task_list[i // G].answer) for i, text in enumerate(texts)]
+    out = {name: torch.tensor([c[name] for c in comps]) for name in ("accuracy", "format")}
+    out["reward"] = torch.tensor([sum(w * c[n] for n, w in weights.items()) for c in comps])
+    out["texts"] = texts
+    return out
+
+
+def print_groups(groups: dict, advantages: torch.Tensor, G: int, predicted: tuple[float, float]) -> None:
+    """How the base model's groups look to GRPO: spread, zero-variance share, and the lone successes."""
+    acc = groups["accuracy"].view(-1, G)
+    n = acc.shape[0]
+    zero = grpo.zero_variance_groups(groups["reward"], G)
+    print(f"{n} groups of {G}: right answers per group {acc.sum(-1).int().tolist()}")
+    print(f"groups whose rewards are all equal (no signal): {int(zero.sum())} of {n}")
+    print(f"advantages: min {advantages.min().item():+.3f}, max {advantages.max().item():+.3f}")
+    lone = [g for g in range(n) if int(acc[g].sum()) == 1 and bool((groups["format"].view(-1, G)[g] == 1).all())]
+    if lone:
+        g = lone[0]
+        a = advantages.view(-1, G)[g]
+        right = int(acc[g].argmax())
+        print(f"group {g} has one success among {G} well-formatted answers: its advantage {a[right].item():+.4f}, "
+              f"the others {a[(right + 1) % G].item():+.4f}; your prediction {predicted[0]:+.4f}, {predicted[1]:+.4f}")
+    else:
+        print(f"no group with exactly one success and every answer well formatted this time; your prediction for one: "
+              f"{predicted[0]:+.4f}, {predicted[1]:+.4f}")
+
+
+def training_figure(live: dict[str, list[dict]], reference: dict[str, list[dict]] | None = None):
+    """Four panels over GRPO steps: reward (with its accuracy and format parts), held-out greedy accuracy, format
+    rate of the samples, mean completion length. ``reference`` runs are dashed."""
+    from dslab import plots
+
+    fig, axes = plots.figure(4, width=3.4, height=3.0)
+    panels = [("reward", "reward (training samples)"), ("val_accuracy", "held-out greedy accuracy"),
+              ("format", "format rate (training samples)"), ("completion_length", "completion length (tokens)")]
+    for style, group in (("-", live), ("--", reference or {})):
+        for name, rows in group.items():
+            for ax, (metric, title) in zip(axes, panels):
+                pts = [(r["step"], r[metric]) for r in rows if metric in r]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=name, lw=1.3)
+                ax.set_title(title, fontsize=9)
+                ax.set_xlabel("GRPO step")
+    for ax in (axes[1], axes[2]):
+        ax.set_ylim(0, 1.02)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def print_styles(styles: dict[str, dict]) -> None:
+    """Writing style of several models' samples: no working, mixed notations, share of the working in each."""
+    print(f"{'model':<24}{'no working':>11}{'mixed':>8}{'in digits':>11}{'in letters':>12}")
+    for name, s in styles.items():
+        print(f"{name:<24}{s['no_working']:>11.1%}{s['mixed']:>8.1%}{s['digits_share']:>11.1%}"
+              f"{s['letters_share']:>12.1%}")
+
+
+def comparison_figure(runs: dict[str, list[dict]], metrics: Sequence[str], x: str = "step"):
+    """One panel per metric, one line per run, against GRPO step or CPU minutes."""
+    from dslab import plots
+    from dslab.labs.lab05_grpo.widgets import plot_curves
+
+    fig, axes = plots.figure(len(metrics), width=4.2, height=3.2)
+    for ax, metric in zip(axes, metrics):
+        plot_curves(runs, metric, x, window=1 if metric.startswith("val") else 5, ax=ax)
+    return fig
+
+
+def read_summary(name: str) -> dict:
+    return json.loads((artifacts_dir() / "runs" / f"{name}.summary.json").read_text(encoding="utf-8"))
+
+
+def print_summaries(names: Sequence[str], level: float = 0.9) -> None:
+    """Per shipped run: held-out accuracy at the start and end, when it first reached ``level`` (step and CPU
+    minutes), the final test greedy/pass@1/cons@16 and hard greedy accuracy, and how its samples are written."""
+    print(f"{'run':<24}{'val start':>10}{'val end':>9}{f'≥{level:.0%} at step':>15}{'CPU min':>9}{'test greedy':>12}"
+          f"{'pass@1':>8}{'cons@16':>9}{'hard':>7}{'mixed':>7}{'no work':>8}")
+    for name in names:
+        rows, s = read_runs([name])[name], read_summary(name)
+        vals = [r for r in rows if "val_accuracy" in r]
+        hit = first_reaching(vals, "val_accuracy", level)
+        when = f"{hit['step']:>15}{hit['cpu_seconds'] / 60:>9.1f}" if hit else f"{'never':>15}{'':>9}"
+        k = max(int(m.split("@")[1]) for m in s["test"] if m.startswith("cons@"))
+        print(f"{name:<24}{vals[0]['val_accuracy']:>10.1%}{vals[-1]['val_accuracy']:>9.1%}{when}"
+              f"{s['test']['greedy']:>12.1%}{s['test']['pass@1']:>8.1%}{s['test'][f'cons@{k}']:>9.1%}"
+              f"{s['hard']['greedy']:>7.1%}{s['test']['style']['mixed']:>7.1%}{s['test']['style']['no_working']:>8.1%}")
+
+
+def ablation_figure(runs: dict[str, list[dict]], groups: dict[str, list[str]]):
+    """One panel per ablation: held-out accuracy against CPU minutes, one line per setting."""
+    from dslab import plots
+    from dslab.labs.lab05_grpo.widgets import plot_curves
+
+    fig, axes = plots.figure(len(groups), width=3.6, height=3.0)
+    for ax, (title, names) in zip(axes, groups.items()):
+        plot_curves({n: runs[n] for n in names}, "val_accuracy", "cpu_minutes", ax=ax, title=title)
+        ax.set_ylim(0, 1.02)
+    return fig
+
+
+def ablation_extras_figure(runs: dict[str, list[dict]]):
+    """What each ablation changes inside the run: KL to the reference (β), clip fraction (ε), the share of groups
+    with no signal (G and std scaling)."""
+    from dslab import plots
+    from dslab.labs.lab05_grpo.widgets import plot_curves
+
+    fig, axes = plots.figure(3, width=4.2, height=3.0)
+    plot_curves({n: runs[n] for n in ("r1_zero", "beta_0.04", "beta_0.4")}, "kl", window=5, ax=axes[0],
+                title="KL to the reference (k3, per token)")
+    plot_curves({n: runs[n] for n in ("mu2_eps_0.2", "mu2_eps_0.05", "mu2_eps_10")}, "clip_fraction", window=5,
+                ax=axes[1], title="tokens clipped (μ = 2)")
+    plot_curves({n: runs[n] for n in ("G_4", "G_8", "r1_zero")}, "zero_variance", window=5, ax=axes[2],
+                title="groups with no signal")
+    return fig
+
+
+def aha_figure(history: Sequence[dict], policy: Transformer, base: Transformer, task_list: Sequence[data.Task],
+               seed: int = 0):
+    """Completion length and consistency over the live run, and one problem answered by the base and the trained
+    policy (printed)."""
+    from dslab import plots
+    from dslab.labs.lab05_grpo.widgets import plot_curves
+
+    fig, axes = plots.figure(2, width=4.4, height=3.0)
+    plot_curves({"your run": list(history)}, "completion_length", window=3, ax=axes[0], title="completion length")
+    plot_curves({"your run": list(history)}, "consistency", window=3, ax=axes[1],
+                title="share of the working in digits")
+    for name, model in (("base", base), ("after GRPO", policy)):
+        outs = grpo.sample_answers(model, task_list[:1], 4, MAX_NEW["test"], 1.0, 1.0, seed)[0]
+        print(f"{name} on {task_list[0].question} (truth {task_list[0].answer}):")
+        for text in outs:
+            print("   ", text)
+    return fig
+
+
+def print_cost(cpu_seconds: dict[str, float], price_per_cpu_hour: float) -> None:
+    """CPU minutes and dollars per run at ``price_per_cpu_hour``."""
+    for name, sec in cpu_seconds.items():
+        print(f"{name:<24}{sec / 60:>7.1f} CPU min   ${sec / 3600 * price_per_cpu_hour:.4f}")
+    total = sum(cpu_seconds.values())
+    print(f"{'all of them':<24}{total / 60:>7.1f} CPU min   ${total / 3600 * price_per_cpu_hour:.3f}")
+
+
+def _at_cpu(rows: Sequence[dict], seconds: float, metric: str = "val_accuracy") -> float | None:
+    """The last logged ``metric`` at or before ``seconds`` CPU seconds."""
+    vals = [r[metric] for r in rows if metric in r and r["cpu_seconds"] <= seconds]
+    return vals[-1] if vals else None
+
+
+def claims_table(history: Sequence[dict], results: dict, r1_runs: dict[str, list[dict]],
+                 student_runs: dict[str, list[dict]], k: int) -> None:
+    """The papers' claims next to this notebook's numbers (the live run, its evaluation, and the shipped runs)."""
+    base, after = results["base"]["test"], results["after GRPO"]["test"]
+    vals = [r for r in history if "val_accuracy" in r]
+    lengths = [r["completion_length"] for r in history if "completion_length" in r]
+    n = max(1, min(5, len(lengths) // 3))
+
+    def reach(name: str, level: float = 0.9) -> str:
+        hit = first_reaching([r for r in r1_runs[name] if "val_accuracy" in r], "val_accuracy", level)
+        return f"step {hit['step']} ({hit['cpu_seconds'] / 60:.1f} CPU min)" if hit else "never"
+
+    mixed = {n_: read_summary(n_)["test"]["style"]["mixed"] for n_ in r1_runs}
+    end = {n_: [r for r in rows if "val_accuracy" in r][-1]["val_accuracy"] for n_, rows in r1_runs.items()}
+    distill, rl = student_runs["student_distill"], student_runs["student_grpo"]
+    budget = distill[-1]["cpu_seconds"]
+    rl_at = _at_cpu(rl, budget)
+    rows = [
+        ("R1-Zero: accuracy rises with RL from a base model and rule-based rewards",
+         "AIME pass@1 15.6% -> 71.0% (R1 §2.2.4)",
+         f"held-out greedy {vals[0]['val_accuracy']:.1%} -> {vals[-1]['val_accuracy']:.1%}; test pass@1 "
+         f"{base['pass@1']:.1%} -> {after['pass@1']:.1%}"),
+        ("majority voting beats a single sample", "cons@64 86.7% vs pass@1 71.0% (R1 §2.2.4)",
+         f"test cons@{k} {after[f'cons@{k}']:.1%} vs pass@1 {after['pass@1']:.1%} (base: {base[f'cons@{k}']:.1%} vs "
+         f"{base['pass@1']:.1%})"),
+        ("responses grow longer during RL", "R1 Fig. 3: thousands of tokens by the end",
+         f"mean completion {sum(lengths[:n]) / n:.0f} -> {sum(lengths[-n:]) / n:.0f} tokens (first vs last {n} steps)"),
+        ("a cold start makes RL converge faster", "R1 §2.3.1 (qualitative)",
+         f"90% held-out: R1-Zero {reach('r1_zero')}, cold start {reach('cold_start')}"),
+        ("language consistency: a little accuracy for readability", "R1 §2.3.2 (ablation, qualitative)",
+         f"mixed-notation samples {mixed['r1_zero']:.1%} -> {mixed['consistency']:.1%}; final held-out "
+         f"{end['r1_zero']:.1%} -> {end['consistency']:.1%}"),
+        ("distillation beats RL on the small model", "Qwen-32B AIME 72.6 vs 47.0 (R1 §4.1, Table 6)",
+         f"student at {budget / 60:.1f} CPU min: distilled {distill[-1]['val_accuracy']:.1%}, GRPO "
+         + (f"{rl_at:.1%}" if rl_at is not None else "not yet evaluated")),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for claim, paper, ours in rows:
+        print(f"{claim:<{width}}\n    paper: {paper}\n    here:  {ours}")
