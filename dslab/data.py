@@ -354,7 +354,9 @@ def pretraining_text(n_chars: int = 400_000, seed: int = 0, max_digits: int = 3,
                      exclude: set[str] | frozenset[str] = frozenset()) -> str:
     """About ``n_chars`` characters of arithmetic text in the ``PRETRAIN_MIX``, documents separated by a blank line.
 
-    Questions in ``exclude`` (the held-out splits) never appear.
+    Each document's operands have up to d digits, d drawn uniformly from 1..max_digits (short problems are common in
+    any text, and they teach a small model where the digits of each column are). Questions in ``exclude`` (the
+    held-out splits) never appear.
     """
     if not isinstance(n_chars, int) or n_chars <= 0:
         raise ValueError(f"n_chars must be a positive int, got {n_chars!r}")
@@ -363,7 +365,7 @@ def pretraining_text(n_chars: int = 400_000, seed: int = 0, max_digits: int = 3,
     docs, size = [], 0
     while size < n_chars:
         kind = rng.choices(kinds, weights)[0]
-        task = make_task(rng, max_digits)
+        task = make_task(rng, rng.randint(1, max_digits))
         if task.question in exclude:
             continue
         if kind == "bare":
