@@ -25,11 +25,16 @@ def require(version: str) -> None:
 
 def yours(fn, fallback):
     """``fn`` (the learner's function) wrapped so that, while it still raises NotImplementedError, calls go to
-    ``fallback`` (the package's) with a one-line note the first time; any other error is the learner's to see."""
+    ``fallback`` — the package's function, or an exercise id such as "01.route" whose registered reference to use —
+    with a one-line note the first time; any other error is the learner's to see."""
     import functools
 
+    if isinstance(fallback, str):
+        from dslab.course.exercises import find
+
+        fallback = find(fallback).reference
     if not callable(fn) or not callable(fallback):
-        raise TypeError("yours(fn, fallback) takes two functions")
+        raise TypeError("yours(fn, fallback) takes the learner's function and a function or an exercise id")
     noted = []
 
     @functools.wraps(fn)
