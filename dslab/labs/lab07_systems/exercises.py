@@ -344,7 +344,7 @@ EXERCISES = [
     ),
     Exercise(
         id="07.bubble_dualpipe", number="7.4", target="dualpipe_bubble", points=2, kind="debug",
-        task="fix dualpipe_bubble so that it returns V3 Table 2's DualPipe bubble (PP/2 - 1)(F&B + B - 3W)",
+        task="find and fix the two bugs in dualpipe_bubble: it must return V3 Table 2's DualPipe bubble",
         reference=dualpipe_reference, public_cases=_dual_public, hidden_cases=_dual_hidden, compare=_close,
         hint="DualPipe feeds micro-batches from both ends, so only half the pipeline has to fill; and its zero-"
              "bubble steps move three weight chunks W out of the critical path",
