@@ -116,18 +116,6 @@ def test_the_labs_buggy_version_is_the_registrys_draft():
 
 
 # ------------------------------------------------------------------------------------------------- experiments
-def test_yours_uses_the_answer_and_falls_back_with_a_note(capsys):
-    def stub(args):
-        raise NotImplementedError("Exercise 0.1: ...")
-
-    fallback = experiments.yours(stub, "00.mla_params")
-    assert fallback(V3) == fallback(V3) == acc.mla_params(V3)
-    out = capsys.readouterr().out
-    assert out.count("Exercise 0.1 is not done yet") == 1 and "dslab.accounting.mla_params" in out
-    assert experiments.yours(lambda args: 7, "00.mla_params")(V3) == 7
-    assert capsys.readouterr().out == ""
-
-
 def test_flop_counter_sees_the_formula_minus_the_norms():
     args = configs.load("tiny-gqa")
     measured = experiments.decode_flops(args, [64, 512])

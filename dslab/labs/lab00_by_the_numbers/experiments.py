@@ -1,45 +1,18 @@
-"""Lab 00's harnesses: the learner's answers where they exist, FLOPs measured on real modules, the breakdown figure.
-
-``yours`` lets a later cell use the learner's function from an exercise and fall back, with a visible note, to the
-course's reference while the exercise still raises NotImplementedError (any lab may use it).
-"""
+"""Lab 00's harnesses: FLOPs measured on real modules with a FLOP counter, and the notebook's figures."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 
 from dslab import plots
 from dslab.configs import ModelArgs
-from dslab.course.exercises import find
 
 # Human names for the keys of ``dslab.accounting.param_breakdown``.
 LABELS = {"embedding": "input embedding", "attention": "attention (MLA)", "dense_ffn": "dense FFNs",
           "shared_experts": "shared experts", "routed_experts": "routed experts", "gate": "gates (routers)",
           "norms": "RMSNorms", "head": "output head", "mtp": "MTP module"}
-
-
-def yours(mine: Callable, exercise_id: str) -> Callable:
-    """``mine``, the learner's answer to ``exercise_id``, or the exercise's reference while ``mine`` still raises
-    NotImplementedError; the first fallback prints one line saying so."""
-    ex = find(exercise_id)
-    noted = False
-
-    @functools.wraps(mine)
-    def call(*args, **kwargs):
-        nonlocal noted
-        try:
-            return mine(*args, **kwargs)
-        except NotImplementedError:
-            if not noted:
-                print(f"(Exercise {ex.number} is not done yet: this cell uses the course's "
-                      f"{ex.reference.__module__}.{ex.reference.__name__} in its place)")
-                noted = True
-            return ex.reference(*args, **kwargs)
-
-    return call
 
 
 @torch.no_grad()
