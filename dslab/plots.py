@@ -58,21 +58,6 @@ def grouped_bars(ax: Axes, labels: list[str], series: dict[str, list[float]], yl
     return ax
 
 
-def share_pie(ax: Axes, parts: dict[str, float], title: str = "", min_share: float = 0.01) -> Axes:
-    """A pie of ``parts``; slices under ``min_share`` are merged into "other" so labels stay readable."""
-    total = sum(parts.values())
-    if total <= 0:
-        raise ValueError("parts must have a positive sum")
-    big = {k: v for k, v in parts.items() if v / total >= min_share}
-    other = total - sum(big.values())
-    if other > 0:
-        big["other"] = other
-    ax.pie(list(big.values()), labels=[f"{k}\n{v / total:.1%}" for k, v in big.items()], startangle=90,
-           textprops={"fontsize": 8})
-    ax.set_title(title, fontsize=10)
-    return ax
-
-
 # ------------------------------------------------------------------------------------------------- diagrams
 def diagram(width: float = 9.0, height: float = 4.0) -> tuple[Figure, Axes]:
     """An empty canvas for a block diagram, in data units of 1 per inch (x to ``width``, y to ``height``)."""

@@ -85,6 +85,8 @@ def update(solutions: Path) -> list[str]:
     changed = []
     for stem, diagrams in sorted(lab_diagrams().items()):
         path = solutions / f"{stem}.ipynb"
+        if not path.exists():  # a lab still being written: nothing to embed into yet
+            continue
         nb = nbformat.read(path, as_version=4)
         names = embed(nb, {name: render(draw()) for name, draw in diagrams.items()})
         if names:

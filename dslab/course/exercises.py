@@ -128,11 +128,14 @@ class Exercise:
 
         try:
             got = from_json(answer_json)
-            for m in self.mistakes:
+        except Exception:  # noqa: BLE001 - a hint is a courtesy; an odd answer just gets the general one
+            return self.hint
+        for m in self.mistakes:
+            try:
                 if self.compare(m.fn(*case.args), got) is None:
                     return m.hint
-        except Exception:  # noqa: BLE001 - a hint is a courtesy; an odd answer just gets the general one
-            pass
+            except Exception:  # noqa: BLE001 - a mistake that cannot handle this case simply does not match
+                continue
         return self.hint
 
 
