@@ -260,3 +260,14 @@ def test_torchrun_runs_the_same_check():
     for line in lines:
         output_diff = float(line.split("output ")[1].split(",")[0])
         assert output_diff < 1e-5
+
+
+def test_the_benchmark_measures_both_layers():
+    """The benchmark's harness on a tiny size (a functional check, not a timing)."""
+    from dslab.bench import BENCHMARKS
+    from dslab.bench import expert_parallel as bench
+
+    assert "expert_parallel" in BENCHMARKS
+    m = bench.measure(tokens_per_rank=32, rounds=1)
+    assert m["ep_tokens_per_s"] > 0 and m["single_tokens_per_s"] > 0 and m["single_1_thread_tokens_per_s"] > 0
+    assert 0 <= m["a2a_share"] <= 1 and m["bytes_sent_per_step"] > 0
