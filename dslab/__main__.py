@@ -1,4 +1,5 @@
-"""``python -m dslab COMMAND``: build, grade, doctor, run, coursemap, diagrams, html, data (``COMMAND --help``)."""
+"""``python -m dslab COMMAND``: build, grade, doctor, run, coursemap, diagrams, html, data, train, sample, grpo
+(``COMMAND --help``)."""
 
 from __future__ import annotations
 
@@ -101,6 +102,86 @@ def _data(a) -> int:
     return 0
 
 
+def _settings(pairs: list[str]) -> dict:
+    """``key=value`` strings -> {key: value}, each value read as JSON when it parses (20, 3e-3, true), else text."""
+    import json
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _train(a) -> int:
+    import torch
+
+    from dslab.train import CheckpointError, TrainingDiverged, preset_config, run
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        cfg = preset_config(a.preset, **_settings(a.set))
+        result = run(cfg, a.out)
+    except (CheckpointError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    s = result.summary
+    from dslab.train import world
+
+    if world()[0] == 0:
+        print(f"{s['preset']}: {s['steps']} steps, {s['tokens']:,} tokens, final loss {s['final_loss']:.3f}, "
+              f"val loss {s['final_val_loss']:.3f}, MaxVio {s['max_vio']}, MTP acceptance {s['mtp_acceptance']}; "
+              f"{s['tokens_per_s']:,.0f} tokens/s, MFU {s['mfu']} (peak: {s['peak']}); wrote {a.out}/")
+    return 0
+
+
+def _sample(a) -> int:
+    from dslab.train import CheckpointError, load_run, sample
+
+    try:
+        model, _ = load_run(a.run)
+        res = sample(model, a.prompt.replace("\\n", "\n"), a.max_new_tokens, a.temperature, a.seed, a.speculative)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(a.prompt.replace("\\n", "\n") + res["text"])
+    if a.speculative:
+        print(f"[speculative decoding with the MTP head: acceptance {res['acceptance']:.2f}, "
+              f"{res['tokens_per_forward']:.2f} tokens per main-model forward]", file=sys.stderr)
+    return 0
+
+
+def _grpo(a) -> int:
+    import torch
+
+    from dslab.train import CheckpointError, grpo_config, grpo_run
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        cfg = grpo_config(a.fast, **_settings(a.set))
+        s = grpo_run(a.run, cfg, eval_tasks=a.eval_tasks, k=a.k)
+    except (CheckpointError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    k = s["k"]
+    for when in ("before", "after"):
+        r = s[when]
+        print(f"{when:>6} GRPO: greedy {r['greedy']:.3f}, pass@1 {r['pass@1']:.3f}, cons@{k} {r[f'cons@{k}']:.3f}, "
+              f"format {r['format']:.3f} on {s['test_tasks']} held-out test tasks")
+    print(f"wrote {a.run}/grpo/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dslab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,6 +248,35 @@ def main(argv: list[str] | None = None) -> int:
     dt = sub.add_parser("data", help="regenerate the frozen splits in datasets/")
     dt.add_argument("--out", type=Path, default=Path("datasets"))
     dt.set_defaults(func=_data)
+
+    tr = sub.add_parser("train", help="pretrain the capstone's tiny DeepSeek-V3 from a preset (resumes a run folder)")
+    tr.add_argument("--preset", default="cpu", help="cpu, gpu-small or gpu-full (dslab.train.PRESETS)")
+    tr.add_argument("--out", type=Path, required=True,
+                    help="run folder, e.g. runs/NAME (resumed when it holds a checkpoint)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting: a TrainConfig field (steps=200), a run field (precision=fp8-emulated) or "
+                         "model.<field> (model.dim=64); repeatable")
+    tr.add_argument("--threads", type=int, help="torch threads per process (default: torch's choice)")
+    tr.set_defaults(func=_train)
+
+    sa = sub.add_parser("sample", help="continue a prompt with a trained run's model")
+    sa.add_argument("run", type=Path, help="a run folder written by `python -m dslab train`")
+    sa.add_argument("--prompt", required=True, help="text to continue (\\n for a newline)")
+    sa.add_argument("--max-new-tokens", type=int, default=120)
+    sa.add_argument("--temperature", type=float, default=0.0)
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--speculative", action="store_true", help="draft with the model's own MTP head")
+    sa.set_defaults(func=_sample)
+
+    gr = sub.add_parser("grpo", help="GRPO on a trained run's checkpoint: a tiny R1 (writes RUN/grpo/)")
+    gr.add_argument("run", type=Path, help="a run folder written by `python -m dslab train`")
+    gr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a dslab.grpo.GRPOConfig field (steps=60, lr=1e-4, ...); repeatable")
+    gr.add_argument("--eval-tasks", type=int, default=100, help="held-out test tasks evaluated before and after")
+    gr.add_argument("-k", type=int, default=8, help="samples per task for pass@1 and cons@k")
+    gr.add_argument("--fast", action="store_true", help="a few tiny steps (a smoke run)")
+    gr.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    gr.set_defaults(func=_grpo)
 
     a = p.parse_args(argv)
     return a.func(a)
