@@ -369,8 +369,10 @@ def launch(fn: Callable, world_size: int, args: tuple = (), *, backend: str = "g
 
     backend: "gloo" (CPU tensors, over loopback) or "nccl" (one GPU per rank). pg_timeout_s: how long a collective
     waits for a missing peer before it raises. timeout_s: wall-clock limit for the whole run. threads: torch threads
-    per worker. start_method: "fork" (default on Linux: starts in a fraction of a second; fn may be any callable)
-    or "spawn" (default elsewhere; fn must be importable, e.g. a module-level function).
+    per worker. start_method: "fork" (the default on Linux with threads=1: starts in a fraction of a second; fn may
+    be any callable) or "spawn" (the default otherwise; fn must be importable, e.g. a module-level function).
+    OpenMP does not survive a fork: a forked worker that raises torch's thread count after its parent ran parallel
+    ops can hang, so fn must keep one thread under "fork"; use "spawn" for workers that need more.
     A worker that raises makes ``launch`` stop the others and raise ``WorkerError`` with its traceback; a worker
     stuck in a collective raises after pg_timeout_s; past timeout_s every worker is killed and TimeoutError raised.
     """
@@ -384,7 +386,7 @@ def launch(fn: Callable, world_size: int, args: tuple = (), *, backend: str = "g
     if backend == "nccl" and (not torch.cuda.is_available() or torch.cuda.device_count() < world_size):
         raise ValueError(f"backend 'nccl' needs {world_size} CUDA devices, found "
                          f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}")
-    start_method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
+    start_method = start_method or ("fork" if sys.platform.startswith("linux") and threads == 1 else "spawn")
     validate.choice("start_method", start_method, ("fork", "spawn", "forkserver"))
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException

@@ -139,6 +139,15 @@ def test_launch_has_a_wall_clock_limit():
     assert _no_children_left()
 
 
+def _threads(rank, world):
+    return torch.get_num_threads()
+
+
+def test_workers_that_need_threads_are_spawned():
+    assert ep.launch(_threads, 1, threads=1) == [1]  # forked on Linux
+    assert ep.launch(_threads, 1, threads=2, timeout_s=300) == [2]  # spawned: OpenMP does not survive a fork
+
+
 def test_launch_rejects_bad_arguments():
     with pytest.raises(ValueError, match="backend"):
         ep.launch(_sleep, 2, backend="mpi")
@@ -262,12 +271,18 @@ def test_torchrun_runs_the_same_check():
         assert output_diff < 1e-5
 
 
+@pytest.mark.slow
 def test_the_benchmark_measures_both_layers():
-    """The benchmark's harness on a tiny size (a functional check, not a timing)."""
+    """The benchmark's harness on a tiny size (a functional check, not a timing). Its rank 0 runs with 2 threads
+    after this process has run parallel ops: forked, that hung in OpenMP; spawned it must not."""
     from dslab.bench import BENCHMARKS
     from dslab.bench import expert_parallel as bench
 
     assert "expert_parallel" in BENCHMARKS
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    (torch.randn(512, 512) @ torch.randn(512, 512)).sum()  # the parent's OpenMP pool is up
+    torch.set_num_threads(before)
     m = bench.measure(tokens_per_rank=32, rounds=1)
     assert m["ep_tokens_per_s"] > 0 and m["single_tokens_per_s"] > 0 and m["single_1_thread_tokens_per_s"] > 0
     assert 0 <= m["a2a_share"] <= 1 and m["bytes_sent_per_step"] > 0

@@ -91,8 +91,9 @@ def _worker(rank: int, world: int, tokens: int, rounds: int) -> dict:
 
 def measure(tokens_per_rank: int = 4096, rounds: int = 7) -> dict:
     """Median seconds per forward + backward step of both layers, the all-to-all seconds inside the expert-parallel
-    step, tokens/s and their ratio."""
-    r = launch(_worker, WORLD, (tokens_per_rank, rounds), timeout_s=1800, pg_timeout_s=600)[0]
+    step, tokens/s and their ratio. The workers are spawned, not forked: rank 0 raises its thread count for the
+    single-process baseline, and OpenMP does not survive a fork (see ``launch``)."""
+    r = launch(_worker, WORLD, (tokens_per_rank, rounds), timeout_s=1800, pg_timeout_s=600, start_method="spawn")[0]
     tokens = WORLD * tokens_per_rank
     ep, single, single_1, a2a = (statistics.median(r[k]) for k in ("ep", "single", "single_1_thread", "a2a"))
     best = [min(a, b) for a, b in zip(r["single"], r["single_1_thread"])]  # the faster single process, per round
