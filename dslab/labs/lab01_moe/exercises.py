@@ -395,7 +395,7 @@ EXERCISES = [
         hint="for each expert: the rows routed to it, its SwiGLU, times their weights, added back at those rows",
         mistakes=MOE_MISTAKES,
         forbidden=("dslab.dispatch.loop_dispatch", "dslab.dispatch.grouped_dispatch", "dslab.moe.Experts.forward",
-                   "dslab.moe.MoE.forward"),
+                   "dslab.moe.MoE.forward", "dslab.labs.lab01_moe.experiments.moe_forward_reference"),
     ),
     Exercise(
         id="01.max_vio", number="1.3", target="max_vio", points=1,
@@ -414,6 +414,7 @@ EXERCISES = [
         compare=lambda e, g: compare_close(e, g, rtol=1e-9, atol=1e-9),
         hint="each of the top_k busy experts gets every token; the mean load is the total slots / n_experts",
         mistakes=(Mistake("ratio", lambda n, k: n / k, "that is max/mean; MaxVio is (max - mean)/mean"),),
+        forbidden=("dslab.labs.lab01_moe.experiments.collapsed_max_vio",),
     ),
     Exercise(
         id="01.bias_update", number="1.5", target="bias_update", points=2, kind="debug",

@@ -341,6 +341,7 @@ EXERCISES = [
                           "a pipeline of PP stages has PP - 1 hand-offs to fill and to drain"),
                   Mistake("forward only", _bubble_forward_only,
                           "the drain at the end is made of backward chunks: both F and B count")),
+        forbidden=("dslab.systems.closed_form_bubble", "dslab.labs.lab07_systems.exercises.one_f_one_b_reference"),
     ),
     Exercise(
         id="07.bubble_dualpipe", number="7.4", target="dualpipe_bubble", points=2, kind="debug",
