@@ -495,9 +495,10 @@ class RunConfig:
     and metrics paths ``run`` fills in), the data, the numeric precision and the device.
 
     n_chars: characters of pretraining text (prose_share of them prose, the rest lab 05's templated arithmetic);
-    precision: "fp32"; "bf16" (autocast, a GPU); "fp8-emulated" / "bf16-emulated" (``dslab.fp8.enable_training``,
-    lab 02's recipe on any device: FP8 E4M3 or BF16 GEMM inputs, computed in FP32); "fp8" (real FP8 GEMMs through
-    ``torch._scaled_mm`` with row-wise scales where the device has them, see ``enable_real_fp8``).
+    precision: "fp32"; "bf16" (bf16 autocast, for a GPU: ``run`` sets TrainConfig.amp); "fp8-emulated" /
+    "bf16-emulated" (``dslab.fp8.enable_training``, lab 02's recipe on any device: FP8 E4M3 or BF16 GEMM inputs,
+    computed in FP32); "fp8" (real FP8 GEMMs through ``torch._scaled_mm`` with row-wise scales where the device has
+    them, see ``enable_real_fp8``).
     device: "auto" (cuda > mps > cpu, ``dslab.pick_device``) or a device name.
     """
 
@@ -896,7 +897,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, *, measure_peak: bool = True, de
     train_ids, val_ids = corpus_ids(cfg)
     model = build_model(cfg, device=device)
     peak, source = _peak(device, cfg.precision) if measure_peak else (None, "not measured")
-    tcfg = dataclasses.replace(cfg.train, checkpoint=str(out / "checkpoint.pt"), metrics=str(out / "metrics.jsonl"))
+    tcfg = dataclasses.replace(cfg.train, checkpoint=str(out / "checkpoint.pt"), metrics=str(out / "metrics.jsonl"),
+                               amp=cfg.train.amp or cfg.precision == "bf16")  # "bf16" means autocast
     start = time.perf_counter()
     history = train_lm(model, train_ids, val_ids, tcfg, peak_flops=peak, desc=desc or f"{cfg.preset} preset")
     summary = summarize(cfg, history, device, source, size, time.perf_counter() - start)
@@ -909,7 +911,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, *, measure_peak: bool = True, de
 def summarize(cfg: RunConfig, history: list[dict], device: torch.device, peak_source: str, ranks: int,
               seconds: float) -> dict:
     """The run in a few numbers: sizes from lab 00's accounting, tokens, the last losses, MaxVio and acceptance,
-    median tokens/s and MFU (wall clock: this process's steps only, evaluation excluded), where the peak came from."""
+    median tokens/s and MFU over the steps, where the peak came from; wall_seconds: this call (a resumed run counts
+    only what it added), step_seconds: the training steps of the whole run (evaluation excluded)."""
     from dslab import accounting as acc
 
     last = history[-1]
@@ -924,6 +927,7 @@ def summarize(cfg: RunConfig, history: list[dict], device: torch.device, peak_so
             "mtp_acceptance": last.get("mtp_acceptance"), "tokens_per_s": median("tokens_per_s"),
             "mfu": median("mfu"), "peak": peak_source, "device": name, "ranks": ranks,
             "threads": torch.get_num_threads(), "precision": cfg.precision, "wall_seconds": round(seconds, 1),
+            "step_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
             "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
 
 

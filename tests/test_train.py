@@ -388,3 +388,13 @@ def test_grpo_on_a_checkpoint_writes_its_evaluation(tmp_path):
         assert {"greedy", "pass@1", "cons@2", "pass@2", "format"} <= summary[when].keys()
     assert len(T.read_metrics(out / "grpo" / "metrics.jsonl")) == 3  # the evaluation row and two steps
     assert (out / "grpo" / "policy.pt").exists()
+
+
+@pytest.mark.skipif(os.environ.get("DSLAB_TEST_COMPILE") != "1", reason="torch.compile takes minutes on a CPU: set "
+                    "DSLAB_TEST_COMPILE=1 to run it")
+def test_torch_compile_trains_like_eager(data):
+    train_ids, val_ids = data
+    cfg = tiny_config(steps=3)
+    eager = T.train_lm(T.build_model(cfg), train_ids, val_ids, cfg.train)
+    compiled = T.train_lm(T.build_model(cfg), train_ids, val_ids, replace(cfg.train, compile=True))
+    assert [r["loss"] for r in compiled] == pytest.approx([r["loss"] for r in eager], rel=1e-4)
