@@ -833,16 +833,18 @@ def _device(name: str) -> torch.device:
 
 
 def _run_folder(out: Path, cfg: RunConfig, rank: int) -> None:
-    """Write out/config.json on a fresh run; on a resumed one, refuse a different configuration (naming the file)."""
+    """Write out/config.json on a fresh run; on a resumed one, refuse a different configuration (naming the file).
+    The device may differ: a run started on one device can continue on another."""
     path = out / "config.json"
     if path.exists():
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"cannot read {path}: {e}; delete the run folder to start over") from None
-        if saved != json.loads(json.dumps(cfg.to_dict())):
+        same = lambda d: {k: v for k, v in d.items() if k != "device"} if isinstance(d, dict) else d  # noqa: E731
+        if same(saved) != same(json.loads(json.dumps(cfg.to_dict()))):  # where it runs is not part of the run
             old = RunConfig.from_dict(saved).to_dict() if isinstance(saved, dict) and "train" in saved else saved
-            diff = _diff_dicts(old, cfg.to_dict()) if isinstance(old, dict) else "unreadable"
+            diff = _diff_dicts(same(old), same(cfg.to_dict())) if isinstance(old, dict) else "unreadable"
             raise CheckpointError(f"{path} describes another run ({diff}); use a new --out folder, or the same "
                                   "preset and settings to resume")
     elif rank == 0:
