@@ -668,10 +668,47 @@ def held_out_questions() -> frozenset[str]:
     return frozenset(t.question for name in ("val", "test", "hard") for t in rl_splits()[name])
 
 
+# The capstone's own arithmetic mix, fixed here so that its shipped reference runs stay reproducible whatever lab 05
+# tunes in ``data.PRETRAIN_MIX``: kinds of document and their shares, and the share of results without answer tags.
+ARITHMETIC_MIX = {"bare": 0.2, "digits": 0.3, "letters": 0.2, "mixed": 0.2, "no_working": 0.1}
+UNTAGGED_SHARE = 0.15
+
+
+def arithmetic_documents(n_chars: int, seed: int = 0, max_digits: int = 3,
+                         exclude: frozenset[str] = frozenset()) -> list[str]:
+    """Documents of lab 05's templated arithmetic, about ``n_chars`` characters in all, in ``ARITHMETIC_MIX``: bare
+    equations ("37+45=82") and chats in R1-Zero's template (``data.RL_TEMPLATE``) whose completion keeps its working
+    inside <think></think> (in digits, in letters, switching notation step by step, or none) and its result inside
+    <answer></answer> (untagged in UNTAGGED_SHARE of them). Operands have up to d digits, d uniform in
+    1..max_digits; questions in ``exclude`` never appear."""
+    import random
+
+    from dslab import data
+
+    rng = random.Random(seed)
+    kinds, weights = list(ARITHMETIC_MIX), list(ARITHMETIC_MIX.values())
+    docs, size = [], 0
+    while size < n_chars:
+        kind = rng.choices(kinds, weights)[0]
+        task = data.make_task(rng, rng.randint(1, max_digits))
+        if task.question in exclude:
+            continue
+        if kind == "bare":
+            doc = f"{task.question}={task.answer}"
+        else:
+            n_steps = len(data.working_steps(task.question))
+            notation = {"digits": "digits", "letters": "letters", "no_working": None,
+                        "mixed": [rng.choice(data.NOTATIONS) for _ in range(n_steps)]}[kind]
+            doc = task.prompt + data.completion(task, notation, tagged=rng.random() >= UNTAGGED_SHARE)
+        docs.append(doc)
+        size += len(doc) + 2
+    return docs
+
+
 def pretraining_corpus(n_chars: int, prose_share: float = 0.3, seed: int = 0,
                        exclude: frozenset[str] | None = None) -> str:
     """About ``n_chars`` characters: documents of English prose (Python's bundled documentation, ``data.prose``) and
-    of lab 05's templated arithmetic (``data.pretraining_text``: chats with <think>/<answer> tags, bare equations),
+    of lab 05's templated arithmetic (``arithmetic_documents``: chats with <think>/<answer> tags, bare equations),
     shuffled together at the document level and separated by blank lines. ``prose_share`` of the characters are
     prose (the paragraphs repeat when more is asked than exists); held-out RL questions never appear (``exclude``,
     default ``held_out_questions()``)."""
@@ -684,7 +721,7 @@ def pretraining_corpus(n_chars: int, prose_share: float = 0.3, seed: int = 0,
     exclude = held_out_questions() if exclude is None else exclude
     rng = random.Random(seed)
     arith_chars = int(n_chars * (1 - prose_share))
-    docs = data.pretraining_text(arith_chars, seed=seed, exclude=exclude).split("\n\n") if arith_chars else []
+    docs = _cut(arithmetic_documents(arith_chars, seed, exclude=exclude), arith_chars) if arith_chars else []
     paragraphs = [p for p in data.prose().split("\n\n") if len(p) > 40]
     rng.shuffle(paragraphs)
     size, i = 0, 0
@@ -693,6 +730,11 @@ def pretraining_corpus(n_chars: int, prose_share: float = 0.3, seed: int = 0,
         size, i = size + len(docs[-1]) + 2, i + 1
     rng.shuffle(docs)
     return "\n\n".join(docs)[:n_chars]
+
+
+def _cut(docs: list[str], n_chars: int) -> list[str]:
+    """The documents joined by blank lines and cut at n_chars, split again (the last one may end mid-way)."""
+    return "\n\n".join(docs)[:n_chars].split("\n\n")
 
 
 def encode_text(text: str) -> torch.Tensor:
