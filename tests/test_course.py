@@ -267,10 +267,9 @@ def test_course_map_table_and_header_from_records(tmp_path):
 def test_check_and_grader_judge_numpy_answers_alike():
     import numpy as np
 
+    from dslab import moe
     from dslab.course.answers import call, judge
     from dslab.course.exercises import find
-
-    from dslab import moe
 
     ex = find("01.max_vio")
     for answer in (lambda load: np.float64(moe.max_vio(load)), lambda load: np.array(moe.max_vio(load)),
