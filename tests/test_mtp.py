@@ -490,5 +490,5 @@ def test_benchmark_helpers_time_and_compare(trained):
     assert [len(p) for p in prompts] == [8, 8] and prompts[0] != prompts[1]
     found = bench.measure(model, prompts, torch.float32, rounds=1, new_tokens=12)
     assert found["same_tokens"] and found["speedup"] > 0 and 1 <= found["tokens_per_forward"] <= 2
-    assert found["ceiling"] == pytest.approx(mtp.expected_speedup(found["acceptance"], 1, found["c2"],
+    assert found["estimate"] == pytest.approx(mtp.expected_speedup(found["acceptance"], 1, found["c2"],
                                                                    found["c_mtp"])[1])

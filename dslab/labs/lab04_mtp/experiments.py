@@ -16,6 +16,7 @@ from dslab.runtime import progress, seed_everything
 from dslab.train import TrainConfig, train_lm
 
 PRESET = "tiny-moe"  # MLA + DeepSeekMoE (16 routed experts, top-4 + 1 shared), width 128, 4 layers
+BATCH, BLOCK = 8, 128  # training windows: 1,024 tokens per step, long enough for a 32-token prompt + 96 new ones
 KINDS = ("words", "digits")
 _ARITHMETIC = re.compile(r"^-?\d+[+\-*]\d+(?:[+\-*]\d+)?=-?\d+$")
 
@@ -26,25 +27,33 @@ def lab_args(depth: int, vocab_size: int) -> ModelArgs:
 
 
 def train_mtp(depth: int, lam: float, train_ids: torch.Tensor, val_ids: torch.Tensor, steps: int, eval_every: int,
-              seed: int, vocab_size: int, device: torch.device | str = "cpu") -> tuple[Transformer, list[dict]]:
-    """A fresh lab model with ``depth`` MTP modules trained ``steps`` steps (batch 16 x 64, λ = ``lam``) ->
-    (model, history). Every depth starts from the same main-model weights and sees the same batches."""
+              seed: int, vocab_size: int, device: torch.device | str = "cpu", batch_size: int = BATCH,
+              block_size: int = BLOCK) -> tuple[Transformer, list[dict]]:
+    """A fresh lab model with ``depth`` MTP modules trained ``steps`` steps (batch_size windows of block_size tokens,
+    λ = ``lam``) -> (model, history). Every depth starts from the same main-model weights and sees the same batches.
+
+    The windows are as long as prompt + generation later in the lab: RoPE positions the model never trained on are
+    out of distribution, and text decoded there is garbage that neither the model nor its drafter predicts."""
     seed_everything(seed)
     model = Transformer(lab_args(depth, vocab_size), max_batch_size=1).to(device)
-    cfg = TrainConfig(steps=steps, eval_every=eval_every, eval_batches=8, seed=seed, mtp_lambda=lam)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, block_size=block_size, eval_every=eval_every,
+                      eval_batches=8, seed=seed, mtp_lambda=lam)
     return model, train_lm(model, train_ids, val_ids, cfg)
 
 
 @torch.no_grad()
-def depth_accuracy(model: Transformer, val_ids: torch.Tensor, batches: int = 4, seed: int = 1234) -> dict:
+def depth_accuracy(model: Transformer, val_ids: torch.Tensor, batches: int = 4, seed: int = 1234,
+                   itos: list[str] | None = None) -> dict:
     """On validation text, teacher-forced: top-1 accuracy of the main model and of each MTP depth, and how often
     depth 1's argmax at position i equals the main model's argmax at i + 1 (what greedy acceptance asks, on real
-    text instead of the model's own continuation)."""
+    text instead of the model's own continuation); with ``itos`` also that agreement by the class of the true token
+    t_{i+2} ("agree, digit", "agree, letter", "agree, other")."""
     was_training = model.training
     model.train()  # the uncached path, any batch size; no_grad: nothing is updated
     g = torch.Generator().manual_seed(seed)
     device = model.embed.weight.device
-    hits, agree, count = torch.zeros(len(model.mtp) + 1), 0.0, torch.zeros(len(model.mtp) + 1)
+    hits, count = torch.zeros(len(model.mtp) + 1), torch.zeros(len(model.mtp) + 1)
+    agree, by_class = [], []
     for _ in range(batches):
         x, y = get_batch(val_ids, 16, 64, g)
         x, y = x.to(device), y.to(device)
@@ -54,12 +63,17 @@ def depth_accuracy(model: Transformer, val_ids: torch.Tensor, batches: int = 4, 
             hits[k] += (lg.argmax(-1) == tokens[:, k + 1:]).sum().item()
             count[k] += lg.shape[0] * lg.shape[1]
         if mtp_logits:
-            agree += (mtp_logits[0].argmax(-1) == logits[:, 1:].argmax(-1)).float().sum().item()
+            agree.append((mtp_logits[0].argmax(-1) == logits[:, 1:].argmax(-1)).flatten().cpu())
+            by_class += [char_class(itos[t]) for t in tokens[:, 2:].flatten().tolist()] if itos else []
     model.train(was_training)
     out = {"main": (hits[0] / count[0]).item()}
     out.update({f"depth {k}": (hits[k] / count[k]).item() for k in range(1, len(model.mtp) + 1)})
-    if len(model.mtp):
-        out["depth 1 = main's next argmax"] = agree / count[1].item()
+    if agree:
+        agree = torch.cat(agree)
+        out["depth 1 = main's next argmax"] = agree.float().mean().item()
+        for c in ("digit", "letter", "other") if itos else ():
+            mask = torch.tensor([b == c for b in by_class])
+            out[f"agree, {c}"] = agree[mask].float().mean().item() if mask.any() else float("nan")
     return out
 
 
