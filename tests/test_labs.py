@@ -100,3 +100,12 @@ def test_the_solution_builds_into_a_lab_with_one_stub_per_exercise(lab):
     assert not any(c.get("outputs") for c in built.cells if c.cell_type == "code")
     committed = (ROOT / "labs" / f"{notebook_of(lab)}.ipynb").read_text(encoding="utf-8")
     assert committed.count("NotImplementedError(") >= len(exercises(lab))
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_the_set_up_cell_can_install_the_kit_where_it_is_missing(lab):
+    """On Colab (or any kernel without dslab) the first code cell installs the kit from INSTALL_FROM, and says how
+    when that is not set; with the kit installed it only checks the version."""
+    first = next(c.source for c in _solution(lab).cells if c.cell_type == "code")
+    assert "INSTALL_FROM = None" in first and "except ModuleNotFoundError" in first, first[:300]
+    assert '"-e", INSTALL_FROM' in first and 'dslab.require("0.1.0")' in first
