@@ -43,16 +43,6 @@ def test_exercise_registry_in_notebook_order():
     assert headings == [e.number for e in lab00.EXERCISES] and checks == list(EXERCISES)
 
 
-@pytest.mark.parametrize("ex", lab00.EXERCISES, ids=lambda e: e.id)
-def test_each_exercise_names_its_mistakes_and_forbidden_references(ex):
-    assert len(ex.mistakes) >= 3 and len({m.name for m in ex.mistakes}) == len({m.hint for m in ex.mistakes})
-    assert ex.forbidden and all(answers.resolve(name) is not None for name in ex.forbidden), ex.forbidden
-    delegating = lambda *args: ex.reference(*args)  # noqa: E731
-    case = ex.public_cases()[0]
-    watch = {answers.resolve(q): q for q in ex.forbidden}
-    assert set(answers.call(delegating, case.args, 5.0, watch).get("called", [])) & set(ex.forbidden)
-
-
 # ------------------------------------------------------------------------------------------- wrong answers fail
 @pytest.mark.parametrize("ex,mistake", MISTAKES, ids=[f"{e.id}:{m.name}" for e, m in MISTAKES])
 def test_every_mistake_fails_and_gets_its_own_hint(ex, mistake):
@@ -78,22 +68,6 @@ def _tolerant(fn):
         except ValueError:
             return None
     return call
-
-
-def test_hard_coded_public_answers_fail_hidden_cases():
-    for ex in lab00.EXERCISES:
-        table = [(answers.to_json(c.args), ex.reference(*c.args)) for c in ex.public_cases()]
-        memorized = lambda *args, table=table: next(v for k, v in table if k == answers.to_json(args))  # noqa: E731
-        assert run_cases(ex, memorized, ex.public_cases())[0] == "passed"
-        assert run_cases(ex, memorized, ex.hidden_cases(random.Random(5)))[0] == "failed"
-
-
-def test_stub_is_not_attempted():
-    def stub(*args):
-        raise NotImplementedError("Exercise 0.1: ...")
-
-    for ex in lab00.EXERCISES:
-        assert run_cases(ex, stub, ex.public_cases())[0] == "not-attempted"
 
 
 def test_hidden_cases_cover_dense_tied_and_mtp_models():

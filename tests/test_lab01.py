@@ -67,12 +67,6 @@ def test_each_known_mistake_fails_the_hidden_cases_and_gets_its_own_hint(ex_id, 
     assert status == "failed" and message.endswith(f"Hint: {mistake.hint}"), message
 
 
-def test_mistake_hints_are_distinct():
-    for ex in lab01_exercises.EXERCISES:
-        hints = [m.hint for m in ex.mistakes]
-        assert len(hints) == len(set(hints)) and ex.hint not in hints
-
-
 def test_topk_order_does_not_matter():
     def reversed_order(*args):
         w, idx = moe.route(*args)
@@ -104,14 +98,6 @@ def test_moe_forward_reference_equals_the_module():
         got = experiments.moe_forward_reference(x, w, idx, layer.experts.w1, layer.experts.w2, layer.experts.w3,
                                                 s.w1.weight, s.w2.weight, s.w3.weight)
         torch.testing.assert_close(got, layer(x), atol=1e-5, rtol=1e-5)
-
-
-def test_stub_is_not_attempted():
-    def stub(*args):
-        raise NotImplementedError("Exercise 1.1: ...")
-
-    for ex in EXERCISES.values():
-        assert run_cases(ex, stub, ex.public_cases())[0] == "not-attempted"
 
 
 # ------------------------------------------------------------------------------------------------------- widget

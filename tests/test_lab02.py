@@ -12,7 +12,6 @@ import torch
 from lab_helpers import hidden_verdict
 
 from dslab import fp8
-from dslab.course import answers
 from dslab.course.build import build_lab
 from dslab.course.check import run_cases
 from dslab.labs import lab02_fp8
@@ -57,22 +56,6 @@ def test_references_pass_hidden_cases_for_many_seeds():
     for e in lab02_exercises.EXERCISES:
         for seed in range(6):
             assert hidden_verdict(e, e.reference, seed) == [None] * len(e.hidden_cases(random.Random(seed)))
-
-
-def test_hard_coded_public_answers_fail_hidden_cases():
-    for e in lab02_exercises.EXERCISES:
-        table = [(answers.to_json(c.args), e.reference(*c.args)) for c in e.public_cases()]
-        memorized = lambda *args, table=table: next(v for k, v in table if k == answers.to_json(args))  # noqa: E731
-        assert run_cases(e, memorized, e.public_cases())[0] == "passed"
-        assert run_cases(e, memorized, e.hidden_cases(random.Random(5)))[0] == "failed"
-
-
-def test_stub_is_not_attempted():
-    def stub(*args):
-        raise NotImplementedError("Exercise 2.1: ...")
-
-    for e in lab02_exercises.EXERCISES:
-        assert run_cases(e, stub, e.public_cases())[0] == "not-attempted"
 
 
 def test_hidden_cases_cover_the_corners():

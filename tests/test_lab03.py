@@ -43,16 +43,6 @@ def test_exercise_registry_in_notebook_order():
     assert headings == [e.number for e in lab03.EXERCISES] and checks == list(EXERCISES)
 
 
-@pytest.mark.parametrize("ex", lab03.EXERCISES, ids=lambda e: e.id)
-def test_each_exercise_names_its_mistakes_and_forbidden_references(ex):
-    assert len(ex.mistakes) >= 3 and len({m.name for m in ex.mistakes}) == len({m.hint for m in ex.mistakes})
-    assert ex.forbidden and all(answers.resolve(name) is not None for name in ex.forbidden), ex.forbidden
-    delegating = lambda *args: ex.reference(*args)  # noqa: E731
-    case = ex.public_cases()[0]
-    watch = {answers.resolve(q): q for q in ex.forbidden}
-    assert set(answers.call(delegating, case.args, 5.0, watch).get("called", [])) & set(ex.forbidden)
-
-
 def test_rope_may_not_use_the_course_helpers():
     from dslab.nn import apply_rotary_emb
 
@@ -89,22 +79,6 @@ def test_the_halves_mistake_is_hf_rotate_half():
     x = torch.randn(2, 3, 2, 8)
     freqs = rotary_freqs(8, 5 + 3)[5:]
     torch.testing.assert_close(lab03.ROPE_MISTAKES[0].fn(x, 5), apply_rotary_emb_half(x, freqs), atol=1e-5, rtol=0)
-
-
-def test_hard_coded_public_answers_fail_hidden_cases():
-    for ex in lab03.EXERCISES:
-        table = [(answers.to_json(c.args), ex.reference(*c.args)) for c in ex.public_cases()]
-        memorized = lambda *args, table=table: next(v for k, v in table if k == answers.to_json(args))  # noqa: E731
-        assert run_cases(ex, memorized, ex.public_cases())[0] == "passed"
-        assert run_cases(ex, memorized, ex.hidden_cases(random.Random(5)))[0] == "failed"
-
-
-def test_stub_is_not_attempted():
-    def stub(*args):
-        raise NotImplementedError("Exercise 3.1: ...")
-
-    for ex in lab03.EXERCISES:
-        assert run_cases(ex, stub, ex.public_cases())[0] == "not-attempted"
 
 
 def test_hidden_cases_cover_heads_positions_and_yarn():
