@@ -188,8 +188,9 @@ def judge(ex, case, result: dict) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------- kernel side
-def resolve(qualname: str):
-    """The code object of a function named "package.module.Name.attr" (None when it cannot be found)."""
+def lookup(qualname: str):
+    """The object named "package.module.Name.attr": the longest importable module prefix, then attributes (None when
+    it cannot be found)."""
     parts = qualname.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         try:
@@ -198,9 +199,16 @@ def resolve(qualname: str):
             continue
         for attr in parts[cut:]:
             obj = getattr(obj, attr, None)
-        obj = getattr(obj, "forward", obj) if isinstance(obj, type) else obj
-        return getattr(obj, "__code__", None)
+        return obj
     return None
+
+
+def resolve(qualname: str):
+    """The code object of a function named "package.module.Name.attr" (a class: its forward; None when it cannot be
+    found)."""
+    obj = lookup(qualname)
+    obj = getattr(obj, "forward", obj) if isinstance(obj, type) else obj
+    return getattr(obj, "__code__", None)
 
 
 def answer_all(namespace: dict, request: dict, seconds: float, on_progress=None) -> dict:
