@@ -1,0 +1,144 @@
+"""The capstone's benchmark and shipped data: the bench compares the MoE model with a dense twin of the same activated
+parameters, and datasets/capstone/ holds the reference runs its README and runs.json describe, whose first steps the
+course's code reproduces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dslab import accounting as acc
+from dslab import train
+from dslab.bench import BENCHMARKS
+from dslab.bench import capstone as bench
+from dslab.labs.lab06_capstone import artifacts
+from dslab.moe import max_vio
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "datasets" / "capstone"
+
+
+# --------------------------------------------------------------------------------------------------------- bench
+def test_dense_twin_activates_the_same_ffn_width():
+    moe = train.preset_config("cpu").model
+    dense = bench.dense_twin(moe)
+    assert "capstone" in BENCHMARKS and not dense.is_moe and dense.n_dense_layers == dense.n_layers
+    assert dense.inter_dim == (moe.n_shared_experts + moe.n_activated_experts) * moe.moe_inter_dim == moe.inter_dim
+    gates = (moe.n_layers - moe.n_dense_layers) * acc.gate_params(moe)
+    assert acc.activated_params(moe) - acc.activated_params(dense) == gates  # only the routers differ
+    assert acc.training_flops_per_token(moe, 128) - acc.training_flops_per_token(dense, 128) == 3 * 2 * gates
+
+
+def test_bench_runs_quick_and_reports_mfu():
+    result = bench.run(quick=True)
+    assert result.name == "capstone" and result.op == ">=" and result.target == 0.8 and result.value > 0
+    assert {"tokens/s (MoE, dense)", "MFU (MoE, dense)", "peak"} <= set(result.details)
+    assert "measured" in result.details["peak"]
+
+
+# ------------------------------------------------------------------------------------------------- reference runs
+def test_readme_describes_every_file_and_its_command():
+    readme = (DATA / "README.md").read_text(encoding="utf-8")
+    entries = json.loads((DATA / "runs.json").read_text(encoding="utf-8"))
+    assert set(entries) == set(artifacts.RUNS)
+    for name, entry in entries.items():
+        assert f"`{name}.csv`" in readme and entry["command"] == artifacts.command(name)
+        assert artifacts.command(name) in readme
+        cfg = train.preset_config("cpu", **artifacts.RUNS[name][1])
+        assert entry["settings"]["steps"] == cfg.train.steps and entry["settings"]["lr"] == cfg.train.lr
+    assert "python -m dslab.labs.lab06_capstone.artifacts" in readme
+    sizes = sum(p.stat().st_size for p in DATA.iterdir())
+    assert sizes < 1_000_000  # small files only
+
+
+@pytest.mark.parametrize("name", list(artifacts.RUNS))
+def test_reference_csv_is_a_whole_run_with_the_logged_metrics(name):
+    rows = artifacts.read_csv(DATA / f"{name}.csv")
+    entry = json.loads((DATA / "runs.json").read_text(encoding="utf-8"))[name]
+    cfg = train.preset_config("cpu", **artifacts.RUNS[name][1])
+    assert len(rows) == entry["steps"] and [r["step"] for r in rows] == list(range(len(rows)))
+    assert entry["stopped"] is not None or len(rows) == cfg.train.steps
+    per_step = cfg.train.batch_size * cfg.train.block_size
+    assert all(r["tokens"] == (r["step"] + 1) * per_step for r in rows)
+    assert all(r["lr"] == pytest.approx(train.lr_at(int(r["step"]), cfg.train), rel=1e-5) for r in rows)
+    assert ("mtp_acceptance" in rows[-1]) == (cfg.model.n_mtp > 0)
+    vals = [r for r in rows if "val_loss" in r]
+    assert [int(r["step"]) for r in vals] == [s for s in range(len(rows)) if (s + 1) % cfg.train.eval_every == 0
+                                              or s + 1 == cfg.train.steps]
+
+
+def test_reference_runs_show_what_their_names_say():
+    runs = {n: artifacts.read_csv(DATA / f"{n}.csv") for n in artifacts.RUNS}
+    last = {n: sum(r["loss"] for r in rows[-50:]) / len(rows[-50:]) for n, rows in runs.items()}
+    vio = {n: sum(r["max_vio"] for r in rows[-50:]) / len(rows[-50:]) for n, rows in runs.items()}
+    assert last["healthy"] < runs["healthy"][0]["loss"] - 2.0  # it learns
+    assert vio["no_balancing"] > 2 * vio["healthy"]
+    assert last["lr_too_high"] > last["healthy"]
+
+
+def test_the_first_steps_of_each_reference_run_are_reproduced(tmp_path):
+    """Regenerating a whole run takes minutes; its first steps (the same data, initial weights and schedule) must come
+    out as the file says, to the CSV's six significant digits (CPU float rounding may differ between machines)."""
+    from dataclasses import replace
+
+    def stop(model, step):
+        if step == 2:
+            raise KeyboardInterrupt  # after steps 0 and 1 were written to the metrics file
+
+    for name, (_, changes) in artifacts.RUNS.items():
+        cfg = train.preset_config("cpu", **changes)
+        train_ids, val_ids = train.corpus_ids(cfg)
+        metrics = tmp_path / f"{name}.jsonl"
+        with pytest.raises(KeyboardInterrupt):
+            train.train_lm(train.build_model(cfg), train_ids, val_ids, replace(cfg.train, metrics=str(metrics)),
+                           after_step=stop)
+        fresh = train.read_metrics(metrics)
+        shipped = artifacts.read_csv(DATA / f"{name}.csv")[:2]
+        assert len(fresh) == 2
+        for got, want in zip(fresh, shipped):
+            for key in ("loss", "grad_norm", "max_vio", "mtp_acceptance", "mtp_loss"):
+                if key in want:
+                    assert got[key] == pytest.approx(want[key], rel=1e-4), (name, key)
+
+
+def test_to_csv_keeps_only_deterministic_columns():
+    rows = [{"step": 0, "loss": 1.23456789, "tokens": 10, "seconds": 3.2, "tokens_per_s": 9.0, "mfu": 0.1,
+             "mtp_acceptance": 0.5, "load": [[1, 2]]}]
+    text = artifacts.to_csv(rows)
+    assert text.splitlines()[0] == ",".join(artifacts.COLUMNS) and "3.2" not in text and "1.23457" in text
+    assert max_vio(torch.tensor([1.0, 3.0])) == 0.5
+
+
+def test_gpu_check_runs_its_code_on_a_cpu_with_a_small_model(tmp_path, capsys):
+    from dslab.labs.lab06_capstone import gpu_check
+
+    small = {"model.dim": 32, "model.n_heads": 2, "model.q_lora_rank": 16, "model.kv_lora_rank": 16,
+             "model.qk_nope_head_dim": 8, "model.qk_rope_head_dim": 8, "model.v_head_dim": 8, "model.inter_dim": 80,
+             "model.moe_inter_dim": 16, "model.n_layers": 2, "model.n_routed_experts": 8, "model.n_expert_groups": 2,
+             "model.n_limited_groups": 1, "model.max_seq_len": 64, "model.original_seq_len": 64, "batch_size": 4,
+             "block_size": 32, "n_chars": 30_000, "eval_batches": 1}
+    args = ["--device", "cpu", "--steps", "2", "--runs", "gpu-small:bf16,gpu-small:fp8", "--out", str(tmp_path)]
+    assert gpu_check.main(args + [a for k, v in small.items() for a in ("--set", f"{k}={json.dumps(v)}")]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [(r["preset"], r["precision"]) for r in report["runs"]] == [("gpu-small", "bf16"), ("gpu-small", "fp8")]
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in report["runs"])
+    assert "tokens/s" in capsys.readouterr().out
+
+
+def test_readme_preset_table_is_the_accounting_and_the_reference_run():
+    """datasets/capstone/README.md's preset table: lab 00's counts of each preset and, for the cpu preset, the loss the
+    shipped healthy run reached (the only preset the course has run)."""
+    readme = (DATA / "README.md").read_text(encoding="utf-8")
+    healthy = json.loads((DATA / "runs.json").read_text(encoding="utf-8"))["healthy"]["summary"]
+    for name in train.PRESETS:
+        card = train.preset_card(name)
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}` |"))
+        for key in ("total_params", "activated_params", "tokens", "mtp_params"):
+            assert f"{card[key]:,}" in row, (name, key)
+        assert ("not measured" in row) == (name != "cpu") and ("not measured" in card["reached"]) == (name != "cpu")
+    assert f"{healthy['final_val_loss']:.3f}" in train.PRESETS["cpu"].reached
+    cpu_row = next(line for line in readme.splitlines() if line.startswith("| `cpu`"))
+    assert f"{healthy['final_val_loss']:.3f}" in cpu_row
