@@ -612,6 +612,7 @@ def grpo_step(policy: nn.Module, ref: nn.Module | None, opt: torch.optim.Optimiz
     ref_logps = [_logps_no_grad(ref, ids[mb, :w], cfg.temperature) for mb, w in mbs] if cfg.beta > 0 else None
     stats = {"loss": 0.0, "kl": _monitor_kl(policy, ref, ids, mask, cfg) if cfg.beta == 0 else 0.0,
              "clip_fraction": 0.0, "grad_norm": 0.0}
+    policy.train()  # whole sequences, no KV cache: the decoding path would write its caches into the graph
     for _ in range(cfg.num_iterations):
         opt.zero_grad(set_to_none=True)
         kl_num = clip_num = 0.0

@@ -82,8 +82,8 @@ def grpo_explorer_widget():
 
 
 # ----------------------------------------------------------------------------------------------- curve viewer
-METRICS = ("val_accuracy", "reward", "accuracy", "format", "consistency", "completion_length", "zero_variance", "kl",
-           "clip_fraction", "loss", "grad_norm")
+METRICS = ("val_accuracy", "reward", "accuracy", "format", "consistency", "working", "mixed", "completion_length",
+           "zero_variance", "kl", "clip_fraction", "loss", "grad_norm")
 
 
 def smooth(values: list[float], window: int) -> list[float]:
