@@ -1,0 +1,315 @@
+"""Lab 05 (GRPO): the exercise registry in notebook order, every known mistake fails with its own hint, delegation is
+seen, the lab's draft of 5.2 is the registry's, widgets react, the diagram draws, the frozen RL splits regenerate
+byte-identically, the artifacts script runs at a reduced size, the shipped checkpoints load and score what their
+cards say, and the solution builds into a lab with one stub per exercise."""
+
+import json
+import random
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from lab_helpers import hidden_verdict
+
+from dslab import data, grpo, rewards
+from dslab.course import answers
+from dslab.course.build import build_lab
+from dslab.course.check import run_cases
+from dslab.labs import lab05_grpo
+from dslab.labs.lab05_grpo import exercises as lab05
+from dslab.labs.lab05_grpo import experiments as ex
+
+EXERCISES = {e.id: e for e in lab05.EXERCISES}
+MISTAKES = [(e, m) for e in lab05.EXERCISES for m in e.mistakes]
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = ROOT / "solutions" / "05_grpo.ipynb"
+SHIPPED = ROOT / "datasets" / "grpo"
+
+
+# ------------------------------------------------------------------------------------------------------ registry
+def test_exercise_registry_in_notebook_order():
+    assert lab05_grpo.NOTEBOOK == "05_grpo" and lab05_grpo.TEACHES and lab05_grpo.REPRODUCES
+    assert [(e.id, e.number, e.target, e.kind) for e in lab05.EXERCISES] == [
+        ("05.accuracy_reward", "5.1", "accuracy_reward", "implement"),
+        ("05.format_reward", "5.2", "format_reward", "debug"),
+        ("05.group_advantages", "5.3", "group_advantages", "implement"),
+        ("05.lone_success", "5.4", "lone_success_advantages", "predict"),
+        ("05.per_token_loss", "5.5", "grpo_per_token_loss", "implement"),
+        ("05.aggregate", "5.6", "aggregate_loss", "implement"),
+        ("05.cons_at_k", "5.7", "cons_at_k", "implement")]
+    if SOLUTION.exists():
+        nb = nbformat.read(SOLUTION, as_version=4)
+        md = [c.source for c in nb.cells if c.cell_type == "markdown"]
+        headings = [m for source in md for m in re.findall(r"### Exercise (\d\.\d)", source)]
+        checks = [m for c in nb.cells if c.cell_type == "code"
+                  for m in re.findall(r'dslab\.check\("([\w.]+)"', c.source)]
+        assert headings == [e.number for e in lab05.EXERCISES] and checks == list(EXERCISES)
+
+
+@pytest.mark.parametrize("exercise", lab05.EXERCISES, ids=lambda e: e.id)
+def test_references_pass_and_name_their_mistakes_and_forbidden_references(exercise):
+    assert run_cases(exercise, exercise.reference, exercise.public_cases())[0] == "passed"
+    assert len(exercise.mistakes) >= 3 and len({m.hint for m in exercise.mistakes}) == len(exercise.mistakes)
+    assert exercise.forbidden and all(answers.resolve(name) is not None for name in exercise.forbidden)
+    delegating = lambda *args: exercise.reference(*args)  # noqa: E731
+    watch = {answers.resolve(q): q for q in exercise.forbidden}
+    called = answers.call(delegating, exercise.public_cases()[0].args, 5.0, watch).get("called", [])
+    assert set(called) & set(exercise.forbidden)
+
+
+@pytest.mark.parametrize("exercise, mistake", MISTAKES, ids=[f"{e.id}:{m.name}" for e, m in MISTAKES])
+def test_every_mistake_fails_and_gets_its_own_hint(exercise, mistake):
+    status, message = run_cases(exercise, mistake.fn, exercise.public_cases())
+    assert status == "failed" and mistake.hint in message, message
+    own = 0
+    for seed in range(3):
+        assert any(msg is not None for msg in hidden_verdict(exercise, mistake.fn, seed=seed))
+        for case in exercise.hidden_cases(random.Random(seed)):
+            got = mistake.fn(*case.args)
+            if exercise.compare(exercise.reference(*case.args), got) is not None:
+                own += exercise.hint_for(case, answers.to_json(got)) == mistake.hint
+    assert own >= 1
+
+
+@pytest.mark.parametrize("exercise", lab05.EXERCISES, ids=lambda e: e.id)
+def test_hidden_cases_are_plain_data_seeded_and_varied(exercise):
+    a, b = exercise.hidden_cases(random.Random(1)), exercise.hidden_cases(random.Random(2))
+    assert [c.label for c in a] == [c.label for c in b]
+    assert answers.to_json([c.args for c in a]) == answers.to_json([c.args for c in exercise.hidden_cases(
+        random.Random(1))])
+    assert answers.to_json([c.args for c in a]) != answers.to_json([c.args for c in b])
+    assert hidden_verdict(exercise, exercise.reference) == [None] * len(exercise.hidden_cases(random.Random(0)))
+
+
+def test_hard_coded_public_answers_fail_hidden_cases():
+    for exercise in lab05.EXERCISES:
+        table = [(answers.to_json(c.args), exercise.reference(*c.args)) for c in exercise.public_cases()]
+        memorized = lambda *args, table=table: next(v for k, v in table if k == answers.to_json(args))  # noqa: E731
+        assert run_cases(exercise, memorized, exercise.public_cases())[0] == "passed"
+        assert run_cases(exercise, memorized, exercise.hidden_cases(random.Random(5)))[0] == "failed"
+
+
+def test_stub_is_not_attempted():
+    def stub(*args):
+        raise NotImplementedError("Exercise 5.1: ...")
+
+    for exercise in lab05.EXERCISES:
+        assert run_cases(exercise, stub, exercise.public_cases())[0] == "not-attempted"
+
+
+def test_rewards_accept_bool_and_int_but_not_strings():
+    exercise = EXERCISES["05.accuracy_reward"]
+    as_bool = lambda c, a: rewards.accuracy_reward(c, a) == 1.0  # noqa: E731
+    assert run_cases(exercise, as_bool, exercise.public_cases())[0] == "passed"
+    assert run_cases(exercise, lambda c, a: "1.0", exercise.public_cases())[0] == "failed"
+
+
+def test_lone_success_is_what_the_groups_measure():
+    for G in (2, 16, 64):
+        r = torch.zeros(3 * G)
+        r[::G] = 1.0
+        adv = grpo.group_advantages(r, G)
+        good, bad = lab05.lone_success_reference(G)
+        assert float(adv[0]) == pytest.approx(good, rel=1e-5) and float(adv[1]) == pytest.approx(bad, rel=1e-5)
+        assert good == pytest.approx((1 - 1 / G) / (G**-0.5 + 1e-4))
+
+
+def test_aggregate_cases_cover_every_loss_type_and_empty_rows():
+    cases = EXERCISES["05.aggregate"].hidden_cases(random.Random(0))
+    assert {c.args[2] for c in cases} == set(grpo.LOSS_TYPES)
+    assert any(float(c.args[1][0].sum()) == 0 for c in cases)
+
+
+def test_per_token_loss_cases_activate_the_clip():
+    for c in EXERCISES["05.per_token_loss"].hidden_cases(random.Random(0)):
+        logps, old, _, adv, _, lo, hi = c.args
+        assert grpo.clip_fraction(logps, old, adv, torch.ones_like(logps), lo, hi) > 0 or logps.numel() < 4
+
+
+# --------------------------------------------------------------------------------------------------- notebook
+def test_the_labs_buggy_version_is_the_registrys_draft():
+    lab = build_lab(nbformat.read(SOLUTION, as_version=4), "05_grpo")
+    cell = next(c.source for c in lab.cells if c.cell_type == "code" and "def format_reward(" in c.source)
+    namespace = {"re": re}
+    exec("\n".join(line for line in cell.split("\n") if "raise NotImplementedError" not in line), namespace)
+    for case in EXERCISES["05.format_reward"].public_cases() + EXERCISES["05.format_reward"].hidden_cases(
+            random.Random(0)):
+        assert namespace["format_reward"](*case.args) == lab05.format_reward_draft(*case.args)
+
+
+def test_solution_builds_into_a_lab_with_one_stub_per_exercise():
+    lab = build_lab(nbformat.read(SOLUTION, as_version=4), "05_grpo")
+    source = "\n".join(c.source for c in lab.cells if c.cell_type == "code")
+    for exercise in lab05.EXERCISES:
+        assert source.count(f"def {exercise.target}(") == 1
+        assert source.count(exercise.stub_message) == 1
+        assert f'dslab.check("{exercise.id}", {exercise.target})' in source
+    assert "### BEGIN SOLUTION" not in source
+    tags = [t for c in lab.cells for t in c.metadata.get("tags", [])]
+    assert "parameters" in tags
+
+
+def test_header_says_how_long_the_lab_runs():
+    nb = nbformat.read(SOLUTION, as_version=4)
+    head = nb.cells[0].source
+    assert "<!-- dslab:time -->" in head and "15 minutes" in head and "FAST" in head
+
+
+# ------------------------------------------------------------------------------------------------------ widgets
+def test_grpo_explorer_numbers_follow_the_formulas():
+    from dslab.labs.lab05_grpo.widgets import grpo_explorer
+
+    numbers, fig = grpo_explorer()
+    assert numbers == grpo_explorer()[0]  # deterministic
+    assert numbers["zero-variance groups, p^G + (1 − p)^G"] == round(0.3**16 + 0.7**16, 4)
+    assert numbers["advantage of a lone success"] == round(lab05.lone_success_reference(16)[0], 3)
+    assert len(fig.axes) == 2
+    one, _ = grpo_explorer(G=1)
+    assert one["zero-variance groups (simulated)"] == 1.0 and one["largest |A|"] == 0.0
+
+
+def test_grpo_explorer_reacts_to_its_controls():
+    from dslab.labs.lab05_grpo.widgets import grpo_controls, grpo_explorer
+    from dslab.widgets import Explorer
+
+    explorer = Explorer(grpo_explorer, grpo_controls())
+    before = dict(explorer.numbers)
+    explorer.controls["G"].value = 64
+    assert explorer.numbers["advantage of a lone success"] > before["advantage of a lone success"]
+    explorer.controls["success"].value = 0.95
+    assert explorer.numbers["zero-variance groups (simulated)"] > before["zero-variance groups (simulated)"]
+    explorer.controls["epsilon"].value = 0.5
+    assert explorer.numbers["tokens with A > 0 get gradient while ρ <"] == 1.5
+    explorer.controls["scale_rewards"].value = "none"
+    assert explorer.numbers["largest |A|"] <= 1.0
+
+
+def test_curve_viewer_reacts_to_its_controls():
+    from dslab.labs.lab05_grpo.widgets import curve_controls, curve_viewer
+    from dslab.widgets import Explorer
+
+    runs = {"a": [{"step": 0, "cpu_seconds": 0.0, "val_accuracy": 0.5},
+                  {"step": 1, "cpu_seconds": 60.0, "reward": 0.2, "val_accuracy": 0.7}],
+            "b": [{"step": 0, "cpu_seconds": 0.0, "val_accuracy": 0.4}, {"step": 1, "cpu_seconds": 30.0,
+                                                                         "reward": 0.9}]}
+    explorer = Explorer(curve_viewer(runs), curve_controls(runs))
+    assert explorer.numbers == {"a: last val_accuracy": 0.7, "b: last val_accuracy": 0.4}
+    explorer.controls["metric"].value = "reward"
+    assert explorer.numbers == {"a: last reward": 0.2, "b: last reward": 0.9}
+    explorer.controls["show"].value = ("b",)
+    assert explorer.numbers == {"b: last reward": 0.9}
+    explorer.controls["x"].value = "cpu_minutes"
+    assert explorer.numbers == {"b: last reward": 0.9}
+
+
+def test_pipeline_diagram_marks_what_the_lab_runs():
+    from dslab.labs.lab05_grpo import diagrams
+
+    assert set(diagrams.DIAGRAMS) == {"r1_pipeline.png"}
+    fig = diagrams.r1_pipeline()
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "runs live in this lab" in texts and "not in this lab" in texts and "cold-start SFT" in texts
+    statuses = {status for _, status in diagrams.STAGES.values()}
+    assert statuses == {diagrams.LIVE, diagrams.SHIPPED, diagrams.NOT_RUN}
+
+
+# ---------------------------------------------------------------------------------------------- data and files
+def test_frozen_rl_splits_regenerate_byte_identically(tmp_path):
+    data.freeze_tasks(tmp_path)
+    for name in data.FROZEN_TASKS:
+        fresh = (tmp_path / "rl_arithmetic" / f"{name}.jsonl").read_bytes()
+        assert fresh == (ROOT / "datasets" / "rl_arithmetic" / f"{name}.jsonl").read_bytes(), name
+    splits = {n: data.load_tasks(n, ROOT / "datasets") for n in data.FROZEN_TASKS}
+    questions = {n: {t.question for t in ts} for n, ts in splits.items()}
+    for a in questions:
+        for b in questions:
+            assert a == b or not questions[a] & questions[b]
+    assert all(t.digits <= 3 for n in ("train", "val", "test") for t in splits[n])
+    assert all(t.digits == 4 for t in splits["hard"])
+    assert all(data._split_question(t.question) and eval(t.question) == t.answer for ts in splits.values()  # noqa: S307
+               for t in ts)
+
+
+def test_pretraining_text_never_holds_a_held_out_question():
+    held = ex.held_out_questions()
+    text = data.pretraining_text(100_000, seed=0, exclude=held)
+    found = set(re.findall(r"(\d+[+-]\d+)=", text))
+    assert found and not found & held
+
+
+def test_artifacts_script_runs_at_a_reduced_size(tmp_path):
+    from dslab.labs.lab05_grpo import artifacts
+
+    artifacts.main(["base", "--out", str(tmp_path), "--reduced"])
+    for size in ("base", "student"):
+        card = json.loads((tmp_path / "grpo" / f"{size}.json").read_text())
+        model = ex.load_policy(size, rows=16, path=tmp_path / "grpo" / f"{size}.pt")
+        assert card["params"] == model.num_params() and card["made_by"].endswith("--reduced")
+    artifacts.main(["runs", "r1_zero", "student_distill", "cold_start", "--out", str(tmp_path), "--reduced"])
+    rows = grpo.read_metrics(tmp_path / "grpo" / "runs" / "r1_zero.jsonl")
+    assert rows[0]["step"] == 0 and rows[-1]["step"] == 2 and "val_accuracy" in rows[-1]
+    summary = json.loads((tmp_path / "grpo" / "runs" / "cold_start.summary.json").read_text())
+    assert summary["sft_cpu_seconds"] > 0 and {"test", "hard"} <= set(summary)
+    distill = grpo.read_metrics(tmp_path / "grpo" / "runs" / "student_distill.jsonl")
+    assert distill[0]["cpu_seconds"] > 0  # the teacher's sampling counts
+
+
+@pytest.mark.skipif(not (SHIPPED / "base.pt").exists(), reason="no shipped checkpoint")
+@pytest.mark.parametrize("name", ["base", "student", "r1_zero"])
+def test_shipped_checkpoints_load_and_score_what_their_cards_say(name):
+    path = SHIPPED / f"{name}.pt"
+    if not path.exists():
+        pytest.skip(f"{path} not shipped")
+    card = json.loads(path.with_suffix(".json").read_text())
+    model = ex.load_policy(name, rows=256)
+    assert model.num_params() == card["params"]
+    if "test_greedy_accuracy" in card:
+        test = ex.split("test")[: card["test_tasks"]]
+        acc, fmt = grpo.greedy_accuracy(model, test, ex.MAX_NEW["test"])
+        assert acc == pytest.approx(card["test_greedy_accuracy"], abs=0.02)
+        assert fmt == pytest.approx(card["test_greedy_format"], abs=0.02)
+
+
+@pytest.mark.skipif(not (SHIPPED / "runs").exists(), reason="no shipped runs")
+def test_shipped_runs_are_complete():
+    for name, spec in ex.run_specs().items():
+        rows = grpo.read_metrics(SHIPPED / "runs" / f"{name}.jsonl")
+        steps = spec.cfg.steps if spec.cfg else ex.DISTILL.steps
+        assert rows[0]["step"] == 0 and rows[-1]["step"] == steps, name
+        assert all(r["cpu_seconds"] >= 0 for r in rows)
+        assert json.loads((SHIPPED / "runs" / f"{name}.summary.json").read_text())["name"] == name
+
+
+# ------------------------------------------------------------------------------------------------- experiments
+def test_rejection_sampling_keeps_only_right_readable_completions(monkeypatch):
+    task_list = data.tasks(4, seed=1)
+    t0, t1, t2, t3 = task_list
+    wrong = data.Task(t0.question, t0.answer + 1, t0.digits)
+    outs = [[data.completion(wrong), data.completion(t0, "letters"), data.completion(t0)],  # third is kept
+            [data.completion(t1, tagged=False), data.completion(t1, None)],  # no working: not readable
+            [data.completion(t2), data.completion(t2)],  # two right ones: the first is kept
+            [data.completion(t3, ["letters"] + ["digits"] * (len(data.working_steps(t3.question)) - 1))]]
+    monkeypatch.setattr(ex.grpo, "sample_answers", lambda *a, **k: outs)
+    kept = ex.rejection_sample(None, task_list, k=3)
+    assert kept == [(t0.prompt, data.completion(t0)), (t2.prompt, data.completion(t2))]
+
+
+def test_writing_style():
+    task_list = data.tasks(3, seed=1)
+    style = ex.writing_style([[data.completion(task_list[0], None), data.completion(task_list[1], "letters")]])
+    assert style["no_working"] == 0.5 and style["letters_share"] == 0.5 and style["mixed"] == 0.0
+    steps = len(data.working_steps(task_list[2].question))
+    assert ex.describe(data.completion(task_list[2], ["digits", "letters"] * (steps // 2) + ["digits"] * (
+        steps % 2)))["mixed"]
+
+
+def test_policy_sizes_and_clone():
+    base, student = ex.new_policy("base", rows=16), ex.new_policy("student", rows=16)
+    assert student.num_params() < base.num_params() / 2
+    copy = ex.clone_policy(base, rows=8)
+    assert grpo.cache_rows(copy) == 8
+    assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), base.state_dict().values()))
+    with pytest.raises(ValueError, match="size"):
+        ex.policy_args("huge")
