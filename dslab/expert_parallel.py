@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import pickle
 import shutil
 import socket
 import sys
@@ -404,11 +405,29 @@ def launch(fn: Callable, world_size: int, args: tuple = (), *, backend: str = "g
                                        "all of them were stopped")
         except ProcessException as e:
             _kill(ctx.processes)
-            raise WorkerError(f"worker {e.error_index} of {world_size} failed; the others were stopped.{e}",
-                              e.error_index) from None
+            rank, trace = _root_cause(ctx.error_files, e.error_index, str(e))
+            raise WorkerError(f"worker {rank} of {world_size} failed; the others were stopped.\n\n{trace}",
+                              rank) from None
         return [torch.load(os.path.join(where, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def _root_cause(error_files: list[str], first: int, message: str) -> tuple[int, str]:
+    """(rank, traceback) to report: the lowest rank that failed on its own, not one that only saw a failed peer close
+    its connection (whichever of the two the parent notices first depends on timing)."""
+    traces = {}
+    for rank, path in enumerate(error_files):
+        try:
+            with open(path, "rb") as fh:
+                traces[rank] = str(pickle.load(fh))
+        except (OSError, EOFError, pickle.UnpicklingError):
+            continue
+    own = [rank for rank, trace in sorted(traces.items()) if not any(s in trace for s in _PEER_GONE)]
+    return (own[0], traces[own[0]]) if own else (first, message)
 
 
 def _kill(processes) -> None:

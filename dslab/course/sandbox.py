@@ -69,12 +69,25 @@ def bwrap_command(cmd: list[str], work: Path, masks: list[Path], env: dict[str, 
     # read-only mounts and the masks, not file permissions, are what keep it away from everything but ``work``.
     argv = ["bwrap", "--ro-bind", "/", "/", "--unshare-all", "--new-session", "--die-with-parent",
             "--uid", str(NOBODY), "--gid", str(NOBODY), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for folder in _needed_under_tmp():  # a checkout or venv under /tmp must stay visible above the fresh /tmp
+        argv += ["--ro-bind", str(folder), str(folder)]
     for folder in sorted({m.resolve() for m in masks if m.exists()}, key=lambda p: len(p.parts)):
         argv += ["--tmpfs", str(folder), "--remount-ro", str(folder)]  # empty, and nothing to write into
     argv += ["--bind", str(work), str(work), "--chdir", str(work), "--clearenv"]
     for key, value in sorted(env.items()):
         argv += ["--setenv", key, value]
     return argv + ["--"] + cmd
+
+
+def _needed_under_tmp() -> list[Path]:
+    """What the kernel needs to run (the Python environment, its base interpreter, the course checkout holding the
+    dslab package) that lies under /tmp, outermost first."""
+    import dslab
+
+    tmp = Path("/tmp")
+    needed = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(dslab.__file__).resolve().parents[1]}
+    inside = [p for p in needed if tmp in p.parents]
+    return sorted((p for p in inside if not any(q in p.parents for q in inside)), key=lambda p: len(p.parts))
 
 
 def sandbox_env(work: Path) -> dict[str, str]:
