@@ -45,16 +45,6 @@ def test_exercise_registry_in_notebook_order():
 
 
 @pytest.mark.parametrize("ex", lab04.EXERCISES, ids=lambda e: e.id)
-def test_each_exercise_names_its_mistakes_and_forbidden_references(ex):
-    assert len(ex.mistakes) >= 3 and len({m.name for m in ex.mistakes}) == len({m.hint for m in ex.mistakes})
-    assert ex.forbidden and all(answers.resolve(name) is not None for name in ex.forbidden), ex.forbidden
-    delegating = lambda *args: ex.reference(*args)  # noqa: E731
-    case = ex.public_cases()[0]
-    watch = {answers.resolve(q): q for q in ex.forbidden}
-    assert set(answers.call(delegating, case.args, 5.0, watch).get("called", [])) & set(ex.forbidden)
-
-
-@pytest.mark.parametrize("ex", lab04.EXERCISES, ids=lambda e: e.id)
 def test_references_pass_public_and_hidden_cases(ex):
     assert run_cases(ex, ex.reference, ex.public_cases())[0] == "passed"
     for seed in range(3):
@@ -74,22 +64,6 @@ def test_every_mistake_fails_and_gets_its_own_hint(ex, mistake):
             if ex.compare(ex.reference(*case.args), got) is not None:
                 own += ex.hint_for(case, answers.to_json(got)) == mistake.hint
     assert own >= 1
-
-
-def test_hard_coded_public_answers_fail_hidden_cases():
-    for ex in lab04.EXERCISES:
-        table = [(answers.to_json(c.args), ex.reference(*c.args)) for c in ex.public_cases()]
-        memorized = lambda *args, table=table: next(v for k, v in table if k == answers.to_json(args))  # noqa: E731
-        assert run_cases(ex, memorized, ex.public_cases())[0] == "passed"
-        assert run_cases(ex, memorized, ex.hidden_cases(random.Random(5)))[0] == "failed"
-
-
-def test_stub_is_not_attempted():
-    def stub(*args):
-        raise NotImplementedError("Exercise 4.1: ...")
-
-    for ex in lab04.EXERCISES:
-        assert run_cases(ex, stub, ex.public_cases())[0] == "not-attempted"
 
 
 def _mismatch_then_match(draft, best):

@@ -83,22 +83,6 @@ def test_hidden_cases_are_plain_data_seeded_and_varied(exercise):
     assert hidden_verdict(exercise, exercise.reference) == [None] * len(exercise.hidden_cases(random.Random(0)))
 
 
-def test_hard_coded_public_answers_fail_hidden_cases():
-    for exercise in lab05.EXERCISES:
-        table = [(answers.to_json(c.args), exercise.reference(*c.args)) for c in exercise.public_cases()]
-        memorized = lambda *args, table=table: next(v for k, v in table if k == answers.to_json(args))  # noqa: E731
-        assert run_cases(exercise, memorized, exercise.public_cases())[0] == "passed"
-        assert run_cases(exercise, memorized, exercise.hidden_cases(random.Random(5)))[0] == "failed"
-
-
-def test_stub_is_not_attempted():
-    def stub(*args):
-        raise NotImplementedError("Exercise 5.1: ...")
-
-    for exercise in lab05.EXERCISES:
-        assert run_cases(exercise, stub, exercise.public_cases())[0] == "not-attempted"
-
-
 def test_rewards_accept_bool_and_int_but_not_strings():
     exercise = EXERCISES["05.accuracy_reward"]
     as_bool = lambda c, a: rewards.accuracy_reward(c, a) == 1.0  # noqa: E731

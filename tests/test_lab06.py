@@ -47,16 +47,6 @@ def test_exercise_registry_in_notebook_order():
 
 
 @pytest.mark.parametrize("ex", lab06.EXERCISES, ids=lambda e: e.id)
-def test_each_exercise_names_its_mistakes_and_forbidden_references(ex):
-    assert len(ex.mistakes) >= 3 and len({m.hint for m in ex.mistakes}) == len(ex.mistakes)
-    assert ex.forbidden and all(answers.resolve(name) is not None for name in ex.forbidden), ex.forbidden
-    delegating = lambda *args: ex.reference(*args)  # noqa: E731
-    case = ex.public_cases()[0]
-    watch = {answers.resolve(q): q for q in ex.forbidden}
-    assert set(answers.call(delegating, case.args, 20.0, watch).get("called", [])) & set(ex.forbidden)
-
-
-@pytest.mark.parametrize("ex", lab06.EXERCISES, ids=lambda e: e.id)
 def test_references_pass_public_and_hidden_cases(ex):
     assert run_cases(ex, ex.reference, ex.public_cases())[0] == "passed"
     for seed in range(2):
@@ -96,14 +86,6 @@ def test_public_checks_are_quick_and_their_cases_leave_the_global_rng_alone():
     for ex in lab06.EXERCISES:
         run_cases(ex, ex.reference, cases[ex.id])
     assert time.process_time() - start < 6.0  # five exercises, each well under the 2 s a check may take
-
-
-def test_stub_is_not_attempted():
-    def stub(*args):
-        raise NotImplementedError("Exercise 6.1: ...")
-
-    for ex in lab06.EXERCISES:
-        assert run_cases(ex, stub, ex.public_cases())[0] == "not-attempted"
 
 
 def test_hidden_cases_cover_the_corners():
