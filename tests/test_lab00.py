@@ -9,19 +9,15 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from lab_helpers import hidden_verdict
 
 from dslab import accounting as acc
 from dslab import configs
-from dslab.course import answers
 from dslab.course.build import build_lab
-from dslab.course.check import run_cases
 from dslab.labs import lab00_by_the_numbers
 from dslab.labs.lab00_by_the_numbers import exercises as lab00
 from dslab.labs.lab00_by_the_numbers import experiments
 
 EXERCISES = {ex.id: ex for ex in lab00.EXERCISES}
-MISTAKES = [(ex, m) for ex in lab00.EXERCISES for m in ex.mistakes]
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "00_by_the_numbers.ipynb"
 V3 = configs.load("deepseek-v3-671b")
@@ -44,32 +40,6 @@ def test_exercise_registry_in_notebook_order():
 
 
 # ------------------------------------------------------------------------------------------- wrong answers fail
-@pytest.mark.parametrize("ex,mistake", MISTAKES, ids=[f"{e.id}:{m.name}" for e, m in MISTAKES])
-def test_every_mistake_fails_and_gets_its_own_hint(ex, mistake):
-    status, message = run_cases(ex, mistake.fn, ex.public_cases())
-    assert status == "failed" and mistake.hint in message, message
-    own = 0
-    for seed in range(3):
-        assert any(msg is not None for msg in hidden_verdict(ex, _tolerant(mistake.fn), seed=seed))
-        for case in ex.hidden_cases(random.Random(seed)):
-            try:
-                got = mistake.fn(*case.args)
-            except ValueError:  # the draft of 0.3 cannot count a dense model at all
-                continue
-            if ex.compare(ex.reference(*case.args), got) is not None:
-                own += ex.hint_for(case, answers.to_json(got)) == mistake.hint
-    assert own >= 1
-
-
-def _tolerant(fn):
-    def call(*args):
-        try:
-            return fn(*args)
-        except ValueError:
-            return None
-    return call
-
-
 def test_hidden_cases_cover_dense_tied_and_mtp_models():
     cases = EXERCISES["00.total_params"].hidden_cases(random.Random(0))
     kinds = [(c.args[0].is_moe, c.args[0].tie_embeddings, c.args[0].n_mtp) for c in cases]

@@ -12,7 +12,7 @@ from lab_helpers import hidden_verdict
 
 from dslab import configs, moe
 from dslab.course.build import build_lab
-from dslab.course.check import evaluate, run_cases
+from dslab.course.check import run_cases
 from dslab.data import corpus_tensors
 from dslab.labs import lab01_moe
 from dslab.labs.lab01_moe import exercises as lab01_exercises
@@ -20,7 +20,6 @@ from dslab.labs.lab01_moe import experiments
 from dslab.train import TrainConfig
 
 EXERCISES = {ex.id: ex for ex in lab01_exercises.EXERCISES}
-MISTAKES = [(ex.id, m) for ex in lab01_exercises.EXERCISES for m in ex.mistakes]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,15 +57,6 @@ def test_moe_forward_cases_cover_a_layer_without_shared_expert_and_several_slots
 
 
 # ------------------------------------------------------------------------------------------- wrong answers fail
-@pytest.mark.parametrize("ex_id, mistake", MISTAKES, ids=[f"{i}-{m.name}" for i, m in MISTAKES])
-def test_each_known_mistake_fails_the_hidden_cases_and_gets_its_own_hint(ex_id, mistake):
-    ex = EXERCISES[ex_id]
-    for seed in range(3):
-        assert any(msg is not None for msg in hidden_verdict(ex, mistake.fn, seed)), (mistake.name, seed)
-    status, message = evaluate(ex_id, mistake.fn)
-    assert status == "failed" and message.endswith(f"Hint: {mistake.hint}"), message
-
-
 def test_topk_order_does_not_matter():
     def reversed_order(*args):
         w, idx = moe.route(*args)

@@ -40,16 +40,6 @@ def test_exercise_registry():
 
 
 # ------------------------------------------------------------------------------------------- wrong answers fail
-MISTAKES = [(ex_id, m) for ex_id, e in EXERCISES.items() for m in e.mistakes]
-
-
-@pytest.mark.parametrize("ex_id,mistake", MISTAKES, ids=[f"{i}:{m.name}" for i, m in MISTAKES])
-def test_every_known_mistake_fails_and_gets_its_own_hint(ex_id, mistake):
-    ex_ = EXERCISES[ex_id]
-    status, message = run_cases(ex_, mistake.fn, ex_.public_cases())
-    assert status == "failed" and mistake.hint in message, message
-    for seed in range(3):
-        assert any(msg is not None for msg in hidden_verdict(ex_, mistake.fn, seed)), seed
 
 
 def test_references_pass_hidden_cases_for_many_seeds():

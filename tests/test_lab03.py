@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from lab_helpers import apply_rotary_emb_half, hidden_verdict
+from lab_helpers import apply_rotary_emb_half
 
 from dslab import accounting, configs, mla
 from dslab.course import answers
@@ -22,7 +22,6 @@ from dslab.labs.lab03_mla import experiments
 from dslab.nn import rotary_freqs, yarn_mscale
 
 EXERCISES = {ex.id: ex for ex in lab03.EXERCISES}
-MISTAKES = [(ex, m) for ex in lab03.EXERCISES for m in ex.mistakes]
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "03_mla.ipynb"
 
@@ -55,20 +54,6 @@ def test_rope_may_not_use_the_course_helpers():
 
 
 # ------------------------------------------------------------------------------------------- wrong answers fail
-@pytest.mark.parametrize("ex,mistake", MISTAKES, ids=[f"{e.id}:{m.name}" for e, m in MISTAKES])
-def test_every_mistake_fails_and_gets_its_own_hint(ex, mistake):
-    status, message = run_cases(ex, mistake.fn, ex.public_cases())
-    assert status == "failed" and mistake.hint in message, message
-    own = 0
-    for seed in range(3):
-        assert any(msg is not None for msg in hidden_verdict(ex, mistake.fn, seed=seed))
-        for case in ex.hidden_cases(random.Random(seed)):
-            got = mistake.fn(*case.args)
-            if ex.compare(ex.reference(*case.args), got) is not None:
-                own += ex.hint_for(case, answers.to_json(got)) == mistake.hint
-    assert own >= 1
-
-
 def test_tensor_feedback_says_where_and_what():
     ex = EXERCISES["03.latent_cache"]
     status, message = run_cases(ex, ex.mistakes[0].fn, ex.public_cases())  # RoPE key cached before rotation

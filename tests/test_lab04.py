@@ -13,7 +13,6 @@ import torch
 from lab_helpers import hidden_verdict
 
 from dslab import mtp
-from dslab.course import answers
 from dslab.course.build import build_lab
 from dslab.course.check import run_cases
 from dslab.data import mixed_corpus
@@ -23,7 +22,6 @@ from dslab.labs.lab04_mtp import experiments
 from dslab.model import Transformer
 
 EXERCISES = {ex.id: ex for ex in lab04.EXERCISES}
-MISTAKES = [(ex, m) for ex in lab04.EXERCISES for m in ex.mistakes]
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "04_mtp.ipynb"
 
@@ -52,20 +50,6 @@ def test_references_pass_public_and_hidden_cases(ex):
 
 
 # ------------------------------------------------------------------------------------------- wrong answers fail
-@pytest.mark.parametrize("ex,mistake", MISTAKES, ids=[f"{e.id}:{m.name}" for e, m in MISTAKES])
-def test_every_mistake_fails_and_gets_its_own_hint(ex, mistake):
-    status, message = run_cases(ex, mistake.fn, ex.public_cases())
-    assert status == "failed" and mistake.hint in message, message
-    own = 0
-    for seed in range(3):
-        assert any(msg is not None for msg in hidden_verdict(ex, mistake.fn, seed=seed))
-        for case in ex.hidden_cases(random.Random(seed)):
-            got = mistake.fn(*case.args)
-            if ex.compare(ex.reference(*case.args), got) is not None:
-                own += ex.hint_for(case, answers.to_json(got)) == mistake.hint
-    assert own >= 1
-
-
 def _mismatch_then_match(draft, best):
     wrong = [i for i, (d, b) in enumerate(zip(draft, best)) if d != b]
     return bool(wrong) and any(d == b for d, b in zip(draft[wrong[0] + 1:], best[wrong[0] + 1:]))

@@ -22,7 +22,6 @@ from dslab.labs.lab05_grpo import exercises as lab05
 from dslab.labs.lab05_grpo import experiments as ex
 
 EXERCISES = {e.id: e for e in lab05.EXERCISES}
-MISTAKES = [(e, m) for e in lab05.EXERCISES for m in e.mistakes]
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "05_grpo.ipynb"
 SHIPPED = ROOT / "datasets" / "grpo"
@@ -57,20 +56,6 @@ def test_references_pass_and_name_their_mistakes_and_forbidden_references(exerci
     watch = {answers.resolve(q): q for q in exercise.forbidden}
     called = answers.call(delegating, exercise.public_cases()[0].args, 5.0, watch).get("called", [])
     assert set(called) & set(exercise.forbidden)
-
-
-@pytest.mark.parametrize("exercise, mistake", MISTAKES, ids=[f"{e.id}:{m.name}" for e, m in MISTAKES])
-def test_every_mistake_fails_and_gets_its_own_hint(exercise, mistake):
-    status, message = run_cases(exercise, mistake.fn, exercise.public_cases())
-    assert status == "failed" and mistake.hint in message, message
-    own = 0
-    for seed in range(3):
-        assert any(msg is not None for msg in hidden_verdict(exercise, mistake.fn, seed=seed))
-        for case in exercise.hidden_cases(random.Random(seed)):
-            got = mistake.fn(*case.args)
-            if exercise.compare(exercise.reference(*case.args), got) is not None:
-                own += exercise.hint_for(case, answers.to_json(got)) == mistake.hint
-    assert own >= 1
 
 
 @pytest.mark.parametrize("exercise", lab05.EXERCISES, ids=lambda e: e.id)
