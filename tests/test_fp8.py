@@ -136,7 +136,7 @@ def test_round_trip_error_is_at_most_half_a_step(name):
 
 
 def test_ragged_edges_zero_tiles_and_power_of_two_scales():
-    x = torch.randn(3, 200)
+    x = torch.randn(3, 200, generator=torch.Generator().manual_seed(0))
     x[1, 128:] = 0.0  # an all-zero (ragged) tile
     q = fp8.quantize(x, "tile", 128)
     assert torch.allclose(q.scales[:, 1], x[:, 128:].abs().amax(1).clamp(min=1e-4) / 448)  # own elements only
@@ -144,7 +144,8 @@ def test_ragged_edges_zero_tiles_and_power_of_two_scales():
     assert torch.equal(q.values[:, 128:].float(), fp8.quantize(x[:, 128:], "tile", 128).values.float())
     p = fp8.quantize(x, "block", 128, pow2_scales=True)
     log2 = torch.log2(p.scales)
-    assert torch.equal(log2, log2.round()) and bool((p.scales >= x.abs().amax() / 448 - 1e-12).all())
+    block_amax = torch.stack([x[:, :128].abs().amax(), x[:, 128:].abs().amax()])  # each block its own elements
+    assert torch.equal(log2, log2.round()) and bool((p.scales[0] >= block_amax / 448 - 1e-12).all())
     assert fp8.flush_threshold(448.0) == 2.0**-10 and fp8.flush_threshold(0.0) == 1e-4 / 448 * 2.0**-10
 
 
