@@ -4,7 +4,6 @@ agrees with the accounting, the config explorer reacts (its MHA bar follows the 
 drawn from the counts, and the solution builds into a lab with one stub per exercise."""
 
 import random
-import re
 from pathlib import Path
 
 import nbformat
@@ -32,11 +31,6 @@ def test_exercise_registry_in_notebook_order():
         ("00.total_params", "0.3", "total_params", "debug", 2),
         ("00.forward_flops", "0.4", "forward_flops", "implement", 2),
         ("00.crossover", "0.5", "attention_crossover", "predict", 2)]
-    nb = nbformat.read(SOLUTION, as_version=4)
-    md = [c.source for c in nb.cells if c.cell_type == "markdown"]
-    headings = [m for source in md for m in re.findall(r"### Exercise (\d\.\d)", source)]
-    checks = [m for c in nb.cells if c.cell_type == "code" for m in re.findall(r'dslab\.check\("([\w.]+)"', c.source)]
-    assert headings == [e.number for e in lab00.EXERCISES] and checks == list(EXERCISES)
 
 
 # ------------------------------------------------------------------------------------------- wrong answers fail

@@ -10,7 +10,6 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from lab_helpers import hidden_verdict
 
 from dslab import mtp
 from dslab.course.build import build_lab
@@ -35,18 +34,6 @@ def test_exercise_registry_in_notebook_order():
         ("04.greedy_verify", "4.3", "greedy_verify", "debug", 2),
         ("04.accept", "4.4", "accept_and_residual", "implement", 3),
         ("04.speedup", "4.5", "expected_speedup", "predict", 2)]
-    nb = nbformat.read(SOLUTION, as_version=4)
-    md = [c.source for c in nb.cells if c.cell_type == "markdown"]
-    headings = [m for source in md for m in re.findall(r"### Exercise (\d\.\d)", source)]
-    checks = [m for c in nb.cells if c.cell_type == "code" for m in re.findall(r'dslab\.check\("([\w.]+)"', c.source)]
-    assert headings == [e.number for e in lab04.EXERCISES] and checks == list(EXERCISES)
-
-
-@pytest.mark.parametrize("ex", lab04.EXERCISES, ids=lambda e: e.id)
-def test_references_pass_public_and_hidden_cases(ex):
-    assert run_cases(ex, ex.reference, ex.public_cases())[0] == "passed"
-    for seed in range(3):
-        assert hidden_verdict(ex, ex.reference, seed) == [None] * len(ex.hidden_cases(random.Random(seed)))
 
 
 # ------------------------------------------------------------------------------------------- wrong answers fail

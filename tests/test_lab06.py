@@ -7,13 +7,11 @@ builds into a lab with one stub per exercise."""
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
-from lab_helpers import hidden_verdict
 
 from dslab import train
 from dslab.course import answers
@@ -38,18 +36,6 @@ def test_exercise_registry_in_notebook_order():
         ("06.training_step", "6.3", "training_step", "implement"),
         ("06.global_bias", "6.4", "global_bias_update", "debug"),
         ("06.mfu", "6.5", "mfu", "implement")]
-    nb = nbformat.read(SOLUTION, as_version=4)
-    md = [c.source for c in nb.cells if c.cell_type == "markdown"]
-    headings = [m for source in md for m in re.findall(r"### Exercise (\d\.\d)", source)]
-    checks = [m for c in nb.cells if c.cell_type == "code" for m in re.findall(r'dslab\.check\("([\w.]+)"', c.source)]
-    assert headings == [e.number for e in lab06.EXERCISES] and checks == list(EXERCISES)
-
-
-@pytest.mark.parametrize("ex", lab06.EXERCISES, ids=lambda e: e.id)
-def test_references_pass_public_and_hidden_cases(ex):
-    assert run_cases(ex, ex.reference, ex.public_cases())[0] == "passed"
-    for seed in range(2):
-        assert hidden_verdict(ex, ex.reference, seed) == [None] * len(ex.hidden_cases(random.Random(seed)))
 
 
 def test_hidden_cases_vary_with_the_seed_and_keep_their_labels():

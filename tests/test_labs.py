@@ -1,7 +1,8 @@
 """What every lab's exercises must hold, checked once for all labs (each lab's own test file keeps what is particular
-to it): the registry in the notebook's order, each known mistake failing with its own hint, hard-coded public answers
-failing the hidden cases, forbidden references caught when called, a stub counted as not attempted, and a solution
-that builds into a lab with one stub per exercise (a find-the-bug exercise showing its buggy code)."""
+to it): the registry in the notebook's order, each reference passing its own public and hidden cases, each known
+mistake failing with its own hint, hard-coded public answers failing the hidden cases, forbidden references caught
+when called, a stub counted as not attempted, and a solution that builds into a lab with one stub per exercise (a
+find-the-bug exercise showing its buggy code)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ def test_exercises_follow_the_notebook_and_are_checked_in_its_order(lab):
     checks = [m for c in nb.cells if c.cell_type == "code" for m in re.findall(r'dslab\.check\("([\w.]+)"', c.source)]
     assert headings == [e.number for e in exs], headings
     assert checks == [e.id for e in exs], checks
+
+
+@pytest.mark.parametrize("ex", ALL, ids=lambda e: e.id)
+def test_the_reference_passes_its_public_and_hidden_cases(ex):
+    assert run_cases(ex, ex.reference, ex.public_cases())[0] == "passed"
+    for seed in range(3):
+        assert hidden_verdict(ex, ex.reference, seed) == [None] * len(ex.hidden_cases(random.Random(seed)))
 
 
 @pytest.mark.parametrize("ex", ALL, ids=lambda e: e.id)
