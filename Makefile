@@ -59,7 +59,7 @@ lint: setup
 	$(PY) -m ruff check dslab tests tools
 
 unit: setup
-	$(PARALLEL) $(PY) -m pytest -q -n $(JOBS) tests
+	$(PARALLEL) $(PY) -m pytest -q -n $(JOBS) --dist loadscope tests
 
 # Every solution notebook, prepared with FAST=True, executed once by nbval: cells run headless and the cells tagged
 # nbval-check-output must print what the committed solution printed.

@@ -2,12 +2,17 @@
 
 Data and imports flow one way, bottom to top:
 
-- ground: ``configs`` (published and course configs), ``data`` (generators, tokenizer, batches), ``nn`` (RMSNorm,
-  SwiGLU, RoPE), ``validate`` (argument checks), ``plots`` and ``widgets`` (pure figures, the widget wrapper),
-  ``runtime`` (seeds, devices, progress bars);
+- ground: ``configs`` (published and course configs), ``data`` (generators, tokenizer, batches, the pretraining
+  corpus), ``nn`` (RMSNorm, SwiGLU, RoPE), ``validate`` (argument checks), ``plots`` and ``widgets`` (pure figures,
+  smoothing, the widget wrapper), ``runtime`` (seeds, devices, progress bars, the torchrun join, timing),
+  ``checkpoint`` (checkpoints and metrics logs, written and read one way), ``rewards`` (R1's rule-based rewards);
 - components, one paper concept each and importable alone: ``accounting``, ``moe`` (with its engine ``dispatch``),
-  ``mla`` (with the ``attention`` baselines);
-- assembly: ``model`` (TinyDeepSeek from the components), ``train``;
+  ``mla`` (with the ``attention`` baselines), ``mtp``, ``fp8`` (formats, quantization, GEMM accumulation, training,
+  memory, real FP8 GEMMs), ``sampling`` (decoding and rollouts);
+- assembly: ``model`` (TinyDeepSeek from the components), ``systems`` and ``expert_parallel``;
+- training: ``train`` (the loop every lab trains with, and the one learning-rate schedule), ``sft``, ``grpo``
+  (R1's RL, re-exporting ``sampling``, ``evals`` and ``sft``), ``evals`` (pass@k, cons@k, greedy accuracy),
+  ``capstone`` (the capstone's presets, runs and tiny R1);
 - labs: ``dslab.labs.labNN_<slug>``, each lab's exercises, experiment harnesses, widgets and diagrams together, built
   only on the components' public API (see ``dslab.labs`` for the house rule);
 - faces: ``bench`` (speed benchmarks), ``course`` (build, check, grade, doctor, run: tooling that knows no lab in

@@ -121,13 +121,16 @@ def _settings(pairs: list[str]) -> dict:
 def _train(a) -> int:
     import torch
 
-    from dslab.train import CheckpointError, TrainingDiverged, preset_config, run
+    from dslab.capstone import preset_config, pretraining_run
+    from dslab.checkpoint import CheckpointError
+    from dslab.runtime import world
+    from dslab.train import TrainingDiverged
 
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
         cfg = preset_config(a.preset, **_settings(a.set))
-        result = run(cfg, a.out)
+        result = pretraining_run(cfg, a.out)
     except (CheckpointError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -135,8 +138,6 @@ def _train(a) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     s = result.summary
-    from dslab.train import world
-
     if world()[0] == 0:
         print(f"{s['preset']}: {s['steps']} steps, {s['tokens']:,} tokens, final loss {s['final_loss']:.3f}, "
               f"val loss {s['final_val_loss']:.3f}, MaxVio {s['max_vio']}, MTP acceptance {s['mtp_acceptance']}; "
@@ -145,7 +146,8 @@ def _train(a) -> int:
 
 
 def _sample(a) -> int:
-    from dslab.train import CheckpointError, load_run, sample
+    from dslab.capstone import load_run, sample
+    from dslab.checkpoint import CheckpointError
 
     try:
         model, _ = load_run(a.run)
@@ -163,7 +165,8 @@ def _sample(a) -> int:
 def _grpo(a) -> int:
     import torch
 
-    from dslab.train import CheckpointError, grpo_config, grpo_run
+    from dslab.capstone import grpo_config, grpo_run
+    from dslab.checkpoint import CheckpointError
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -185,7 +188,15 @@ def _grpo(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dslab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    _build_command(sub)
+    _grade_command(sub)
+    _course_commands(sub)
+    _capstone_commands(sub)
+    a = p.parse_args(argv)
+    return a.func(a)
 
+
+def _build_command(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="generate labs/ from solutions/")
     b.add_argument("--check", action="store_true", help="exit 1 if labs/ differs from what the build produces")
     b.add_argument("--normalize", action="store_true", help="also rewrite solutions/ in normalized form")
@@ -193,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--labs", type=Path, default=Path("labs"))
     b.set_defaults(func=_build)
 
+
+def _grade_command(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("grade", help="grade submissions (files or folders) with hidden cases")
     g.add_argument("submissions", nargs="+", type=Path)
     g.add_argument("--out", type=Path, default=Path("build/grades"))
@@ -216,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="score exercises that call their reference implementation (they are still flagged)")
     g.set_defaults(func=_grade)
 
+
+def _course_commands(sub: argparse._SubParsersAction) -> None:
+    """doctor, run, diagrams, coursemap, html, data: the environment, headless runs and what is generated from them."""
     d = sub.add_parser("doctor", help="check the environment")
     d.set_defaults(func=_doctor)
 
@@ -249,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     dt.add_argument("--out", type=Path, default=Path("datasets"))
     dt.set_defaults(func=_data)
 
+
+def _capstone_commands(sub: argparse._SubParsersAction) -> None:
+    """train, sample, grpo: the capstone's tiny DeepSeek-V3 and R1 from the command line."""
     tr = sub.add_parser("train", help="pretrain the capstone's tiny DeepSeek-V3 from a preset (resumes a run folder)")
-    tr.add_argument("--preset", default="cpu", help="cpu, gpu-small or gpu-full (dslab.train.PRESETS)")
+    tr.add_argument("--preset", default="cpu", help="cpu, gpu-small or gpu-full (dslab.capstone.PRESETS)")
     tr.add_argument("--out", type=Path, required=True,
                     help="run folder, e.g. runs/NAME (resumed when it holds a checkpoint)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -277,9 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     gr.add_argument("--fast", action="store_true", help="a few tiny steps (a smoke run)")
     gr.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     gr.set_defaults(func=_grpo)
-
-    a = p.parse_args(argv)
-    return a.func(a)
 
 
 if __name__ == "__main__":

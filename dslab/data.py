@@ -7,12 +7,14 @@ frozen splits kept in datasets/ (``python -m dslab data``), byte-identical on ev
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # ---------------------------------------------------------------------------------------------------------- arithmetic
@@ -351,9 +353,13 @@ PRETRAIN_MIX = {"bare": 0.1, "digits": 0.2, "letters": 0.15, "mixed": 0.15, "no_
 UNTAGGED_SHARE = 0.15
 
 
-def pretraining_text(n_chars: int = 400_000, seed: int = 0, max_digits: int = 3,
-                     exclude: set[str] | frozenset[str] = frozenset()) -> str:
-    """About ``n_chars`` characters of arithmetic text in the ``PRETRAIN_MIX``, documents separated by a blank line.
+def arithmetic_documents(n_chars: int, seed: int = 0, max_digits: int = 3,
+                         exclude: set[str] | frozenset[str] = frozenset(),
+                         mix: dict[str, float] | None = None) -> list[str]:
+    """Documents of templated arithmetic, about ``n_chars`` characters in all, kinds drawn from ``mix`` (default
+    ``PRETRAIN_MIX``): bare equations ("37+45=82") and chats in R1-Zero's template (``RL_TEMPLATE``) whose completion
+    keeps its working inside <think></think> (in digits, in letters, switching notation step by step, or none) and
+    its result inside <answer></answer> (untagged in UNTAGGED_SHARE of them).
 
     Each document's operands have up to d digits, d drawn uniformly from 1..max_digits (short problems are common in
     any text, and they teach a small model where the digits of each column are). Questions in ``exclude`` (the
@@ -361,8 +367,11 @@ def pretraining_text(n_chars: int = 400_000, seed: int = 0, max_digits: int = 3,
     """
     if not isinstance(n_chars, int) or n_chars <= 0:
         raise ValueError(f"n_chars must be a positive int, got {n_chars!r}")
+    mix = PRETRAIN_MIX if mix is None else mix
+    if not mix or set(mix) - {"bare", "digits", "letters", "mixed", "no_working"}:
+        raise ValueError(f"mix must weigh kinds among bare, digits, letters, mixed, no_working; got {mix!r}")
     rng = random.Random(seed)
-    kinds, weights = list(PRETRAIN_MIX), list(PRETRAIN_MIX.values())
+    kinds, weights = list(mix), list(mix.values())
     docs, size = [], 0
     while size < n_chars:
         kind = rng.choices(kinds, weights)[0]
@@ -378,21 +387,82 @@ def pretraining_text(n_chars: int = 400_000, seed: int = 0, max_digits: int = 3,
             doc = task.prompt + completion(task, notation, tagged=rng.random() >= UNTAGGED_SHARE)
         docs.append(doc)
         size += len(doc) + 2
+    return docs
+
+
+def pretraining_text(n_chars: int = 400_000, seed: int = 0, max_digits: int = 3,
+                     exclude: set[str] | frozenset[str] = frozenset(), mix: dict[str, float] | None = None) -> str:
+    """About ``n_chars`` characters of ``arithmetic_documents``, separated by a blank line (lab 05's base model)."""
+    return "\n\n".join(arithmetic_documents(n_chars, seed, max_digits, exclude, mix))[:n_chars]
+
+
+def pretraining_corpus(n_chars: int, prose_share: float = 0.3, seed: int = 0,
+                       exclude: frozenset[str] | None = None, mix: dict[str, float] | None = None) -> str:
+    """About ``n_chars`` characters: documents of English prose (``prose``) and of templated arithmetic
+    (``arithmetic_documents`` in ``mix``), shuffled together at the document level and separated by blank lines.
+    ``prose_share`` of the characters are prose (the paragraphs repeat when more is asked than exists); held-out RL
+    questions never appear (``exclude``, default ``held_out_questions()``)."""
+    if not isinstance(n_chars, int) or n_chars <= 0:
+        raise ValueError(f"n_chars must be a positive int, got {n_chars!r}")
+    if not 0.0 <= prose_share <= 1.0:
+        raise ValueError(f"prose_share must be in [0, 1], got {prose_share!r}")
+    exclude = held_out_questions() if exclude is None else exclude
+    rng = random.Random(seed)
+    arith_chars = int(n_chars * (1 - prose_share))
+    docs = []
+    if arith_chars:  # cut at arith_chars, then split again: the last document may end mid-way
+        docs = "\n\n".join(arithmetic_documents(arith_chars, seed, exclude=exclude, mix=mix))[:arith_chars]
+        docs = docs.split("\n\n")
+    paragraphs = [p for p in prose().split("\n\n") if len(p) > 40]
+    rng.shuffle(paragraphs)
+    size, i = 0, 0
+    while size < n_chars - arith_chars:
+        docs.append(paragraphs[i % len(paragraphs)])
+        size, i = size + len(docs[-1]) + 2, i + 1
+    rng.shuffle(docs)
     return "\n\n".join(docs)[:n_chars]
+
+
+def encode_text(text: str) -> torch.Tensor:
+    """``CharTokenizer().encode(text)`` as a LongTensor, through a byte table (fast for tens of millions of chars)."""
+    tok = CharTokenizer()
+    table = np.array([tok.stoi.get(chr(c), tok.unk_id) for c in range(256)], dtype=np.int64)
+    raw = np.frombuffer(text.encode("latin-1", errors="replace"), dtype=np.uint8)
+    if any(ord(ch) > 255 for ch in text):  # rare: characters beyond latin-1 are <unk>, as the tokenizer says
+        return torch.tensor(tok.encode(text), dtype=torch.long)
+    return torch.from_numpy(table[raw].copy())
 
 
 FROZEN_TASKS = {"train": (5000, 3, 1, 11), "val": (200, 3, 1, 12), "test": (500, 3, 1, 13),
                 "hard": (500, 4, 4, 14)}  # name: (size, max_digits, min_digits, seed)
 
 
+@functools.cache
+def _frozen_tasks() -> dict[str, tuple[Task, ...]]:
+    seen, out = set(), {}
+    for name, (size, max_digits, min_digits, seed) in FROZEN_TASKS.items():
+        out[name] = tuple(tasks(size, max_digits, min_digits, seed, exclude=frozenset(seen)))
+        seen.update(t.question for t in out[name])
+    return out
+
+
+def rl_splits() -> dict[str, list[Task]]:
+    """The frozen RL splits ("train", "val", "test", "hard") generated in memory, exactly what ``freeze_tasks``
+    writes (no file needed); no question appears in two splits."""
+    return {name: list(rows) for name, rows in _frozen_tasks().items()}
+
+
+def held_out_questions() -> frozenset[str]:
+    """Questions of the val, test and hard RL splits: no pretraining or fine-tuning text contains them."""
+    return frozenset(t.question for name in ("val", "test", "hard") for t in _frozen_tasks()[name])
+
+
 def freeze_tasks(out: Path | str) -> list[Path]:
-    """Write datasets/rl_arithmetic/{train,val,test,hard}.jsonl; no question appears in two splits."""
+    """Write datasets/rl_arithmetic/{train,val,test,hard}.jsonl (``rl_splits``)."""
     folder = Path(out) / "rl_arithmetic"
     folder.mkdir(parents=True, exist_ok=True)
-    seen, written = set(), []
-    for name, (size, max_digits, min_digits, seed) in FROZEN_TASKS.items():
-        rows = tasks(size, max_digits, min_digits, seed, exclude=frozenset(seen))
-        seen.update(t.question for t in rows)
+    written = []
+    for name, rows in _frozen_tasks().items():
         path = folder / f"{name}.jsonl"
         path.write_text("".join(json.dumps(asdict(t), sort_keys=True) + "\n" for t in rows), encoding="utf-8")
         written.append(path)

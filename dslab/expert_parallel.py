@@ -26,18 +26,18 @@ NVLink (inside a node) when dispatched V3's way (§3.2.2: once per target node o
 
 ``launch`` starts W worker processes on this machine (``torch.multiprocessing``), each in its own process group with
 a finite timeout, and returns what each worker returned; a worker that fails makes the others stop and ``launch``
-raises its error (``WorkerError``). Under ``torchrun``, ``init_from_env`` joins the job instead:
+raises its error (``WorkerError``). Under ``torchrun``, ``dslab.runtime.init_distributed`` joins the job instead:
 ``torchrun --nproc-per-node 2 -m dslab.expert_parallel`` runs the equality check.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import math
 import os
 import pickle
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -46,15 +46,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
+from torch.multiprocessing.spawn import ProcessException
 
-from dslab import validate
+from dslab import configs, validate
 from dslab.configs import ModelArgs
 from dslab.dispatch import DISPATCHES, dispatch
 from dslab.moe import Experts, Gate, MoE, expert_load, route
 from dslab.nn import MLP
-
-BACKENDS = ("gloo", "nccl")
+from dslab.runtime import BACKENDS, init_distributed, loopback_interface
 
 
 # ------------------------------------------------------------------------------------------------------ placement
@@ -116,13 +117,10 @@ def all_to_all_rows(x: torch.Tensor, output_split_sizes: list[int], input_split_
     t0 = time.perf_counter()
     dist.all_to_all_single(out, x.contiguous(), output_split_sizes, input_split_sizes, group=group)
     if stats is not None:
-        me = dist.get_rank(group)
-        remote = sum(n for j, n in enumerate(input_split_sizes) if j != me)
-        row_bytes = x.element_size() * math.prod(x.shape[1:])
-        stats.calls += 1
-        stats.seconds += time.perf_counter() - t0
+        remote = sum(input_split_sizes) - input_split_sizes[dist.get_rank(group)]  # rows kept at home do not travel
+        stats.calls, stats.seconds = stats.calls + 1, stats.seconds + time.perf_counter() - t0
         stats.rows_sent += remote
-        stats.bytes_sent += remote * row_bytes
+        stats.bytes_sent += remote * x.element_size() * math.prod(x.shape[1:])
     return out
 
 
@@ -156,9 +154,9 @@ class ExpertParallelMoE(nn.Module):
     (``experts``: an ``Experts`` of E/W, global ids ``expert_range``). forward(x [..., dim]) takes *this rank's*
     tokens (any number, zero included) and returns their outputs [..., dim]; all ranks must call it together.
     After a forward: ``last_indices`` [T, k] the experts this rank's tokens chose, ``last_load`` [E] tokens per
-    expert from this rank's tokens, ``last_send`` / ``last_recv`` [W]
-    rows sent to / received from each rank, ``last_expert_rows`` [E/W] rows each local expert processed;
-    ``stats`` (``CommStats``) accumulates the all-to-alls' calls, seconds and bytes, backward included.
+    expert from this rank's tokens, ``last_send`` / ``last_recv`` [W] rows sent to / received from each rank,
+    ``last_expert_rows`` [E/W] rows each local expert processed; ``stats`` (``CommStats``) accumulates the
+    all-to-alls' calls, seconds and bytes, backward included.
     ranks_per_node groups ranks into nodes (for reports; routing follows the gate's own n_expert_groups).
     """
 
@@ -168,15 +166,14 @@ class ExpertParallelMoE(nn.Module):
             raise ValueError("args must be a ModelArgs with routed experts (n_routed_experts > 0)")
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("ExpertParallelMoE needs an initialized process group: use dslab.expert_parallel."
-                               "launch(...), torchrun (init_from_env) or torch.distributed.init_process_group")
+                               "launch(...), torchrun with dslab.runtime.init_distributed, or init_process_group")
         validate.choice("dispatch", dispatch, DISPATCHES)
         self.group, self.dispatch = group, dispatch
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         self.experts_per_rank, self.n_nodes = expert_placement(args.n_routed_experts, self.world_size, ranks_per_node)
         self.ranks_per_node = ranks_per_node
         self.dim, self.n_routed_experts, self.topk = args.dim, args.n_routed_experts, args.n_activated_experts
-        first = self.rank * self.experts_per_rank
-        self.expert_range = range(first, first + self.experts_per_rank)
+        self.expert_range = range(self.rank * self.experts_per_rank, (self.rank + 1) * self.experts_per_rank)
         self.gate = Gate(args)
         self.experts = Experts(self.experts_per_rank, args.dim, args.moe_inter_dim)
         n_shared = args.n_shared_experts
@@ -198,8 +195,7 @@ class ExpertParallelMoE(nn.Module):
                 f"n_experts={moe.n_routed_experts}, dim={args.dim}, inter_dim={args.moe_inter_dim}"):
             raise ValueError(f"moe and args describe different layers: gate {moe.gate.extra_repr()} vs "
                              f"{layer.gate.extra_repr()}")
-        device = moe.gate.weight.device
-        layer.to(device=device, dtype=moe.gate.weight.dtype)
+        layer.to(device=moe.gate.weight.device, dtype=moe.gate.weight.dtype)
         with torch.no_grad():
             layer.gate.weight.copy_(moe.gate.weight)
             if moe.gate.bias is not None:
@@ -286,10 +282,8 @@ def node_limited_route(scores_or_logits: torch.Tensor, bias: torch.Tensor | None
 def nodes_used(indices: torch.Tensor, n_experts: int, n_nodes: int) -> torch.Tensor:
     """Distinct nodes each token's experts live on: indices [..., k] -> [...] (int64)."""
     validate.tensor("indices", indices, floating=False)
-    per_node, _ = expert_placement(n_experts, n_nodes)
-    node = indices // per_node
-    hit = torch.zeros(*indices.shape[:-1], n_nodes, dtype=torch.long).scatter_(-1, node, 1)
-    return hit.sum(-1)
+    node = indices // expert_placement(n_experts, n_nodes)[0]  # experts are numbered node by node
+    return torch.zeros(*indices.shape[:-1], n_nodes, dtype=torch.long).scatter_(-1, node, 1).sum(-1)
 
 
 def token_traffic(indices: torch.Tensor, token_rank: torch.Tensor | int, n_experts: int, world_size: int,
@@ -338,15 +332,6 @@ class WorkerError(RuntimeError):
         self.rank = rank
 
 
-def loopback_interface() -> str | None:
-    """The name of this machine's loopback interface ("lo" on Linux, "lo0" on macOS), or None if not found."""
-    try:
-        names = [name for _, name in socket.if_nameindex()]
-    except (OSError, AttributeError):
-        return None
-    return next((n for n in names if n in ("lo", "lo0")), next((n for n in names if n.startswith("lo")), None))
-
-
 def _worker(rank: int, fn: Callable, world_size: int, backend: str, pg_timeout_s: float, threads: int, where: str,
             args: tuple) -> None:
     if backend == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ and loopback_interface():
@@ -389,9 +374,6 @@ def launch(fn: Callable, world_size: int, args: tuple = (), *, backend: str = "g
                          f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}")
     start_method = start_method or ("fork" if sys.platform.startswith("linux") and threads == 1 else "spawn")
     validate.choice("start_method", start_method, ("fork", "spawn", "forkserver"))
-    import torch.multiprocessing as mp
-    from torch.multiprocessing.spawn import ProcessException
-
     where = tempfile.mkdtemp(prefix="dslab-ep-")
     try:
         ctx = mp.start_processes(_worker, args=(fn, world_size, backend, pg_timeout_s, threads, where, tuple(args)),
@@ -438,23 +420,6 @@ def _kill(processes) -> None:
         p.join()
 
 
-def init_from_env(backend: str | None = None, timeout_s: float = 60.0) -> tuple[int, int]:
-    """Join a job started by ``torchrun`` (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment), unless a
-    process group exists already. backend: None picks nccl when CUDA is available, else gloo. Returns (rank, world)."""
-    if not dist.is_initialized():
-        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            raise RuntimeError("no RANK/WORLD_SIZE in the environment: start with torchrun, or use launch(...)")
-        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        validate.choice("backend", backend, BACKENDS)
-        one_machine = os.environ.get("LOCAL_WORLD_SIZE") == os.environ["WORLD_SIZE"]
-        if backend == "gloo" and one_machine and "GLOO_SOCKET_IFNAME" not in os.environ and loopback_interface():
-            os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()  # all ranks here: loopback, never a NIC
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return dist.get_rank(), dist.get_world_size()
-
-
 # ---------------------------------------------------------------------------------------- the equality check
 def check_against_moe(rank: int, world_size: int, args: ModelArgs, tokens: list[int], seed: int = 0,
                       dtype: torch.dtype = torch.float32, bias: torch.Tensor | None = None,
@@ -478,11 +443,9 @@ def check_against_moe(rank: int, world_size: int, args: ModelArgs, tokens: list[
     g_all = torch.randn(sum(tokens), args.dim, generator=gen).to(device, dtype)
     lo = sum(tokens[:rank])
     mine = slice(lo, lo + tokens[rank])
-
     x_ref = x_all.clone().requires_grad_()
     y_ref = moe(x_ref)
     (y_ref * g_all).sum().backward()
-
     x = x_all[mine].clone().requires_grad_()
     y = ep(x)
     (y * g_all[mine]).sum().backward()
@@ -492,7 +455,7 @@ def check_against_moe(rank: int, world_size: int, args: ModelArgs, tokens: list[
         return float((a.detach() - b.detach()).abs().max()) if a.numel() else 0.0
 
     e0, e1 = ep.expert_range.start, ep.expert_range.stop
-    result = {
+    return {
         "output": diff(y, y_ref[mine]),
         "input_grad": diff(x.grad, x_ref.grad[mine]),
         "expert_grads": max(diff(getattr(ep.experts, w).grad, getattr(moe.experts, w).grad[e0:e1])
@@ -505,32 +468,29 @@ def check_against_moe(rank: int, world_size: int, args: ModelArgs, tokens: list[
         "expert_rows": ep.last_expert_rows.tolist(), "load": ep.last_load.tolist(), "indices": ep.last_indices.cpu(),
         "a2a_calls": ep.stats.calls, "a2a_seconds": ep.stats.seconds, "bytes_sent": ep.stats.bytes_sent,
     }
-    return result
+
+
+def _report(rank: int, world_size: int, r: dict) -> None:
+    print(f"rank {rank}/{world_size}: sent {r['sent']} received {r['received']}; max |diff| output {r['output']:.2e}, "
+          f"input grad {r['input_grad']:.2e}, expert grads {r['expert_grads']:.2e}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dslab.expert_parallel [--world-size W]`` launches W local processes; under ``torchrun`` it joins
     the job. Either way every rank checks the expert-parallel layer against the single-process MoE and prints."""
-    import argparse
-
-    from dslab.configs import load
-
     p = argparse.ArgumentParser(prog="python -m dslab.expert_parallel", description=main.__doc__)
     p.add_argument("--world-size", type=int, default=2, help="processes to launch when not under torchrun")
     p.add_argument("--tokens", type=int, default=16, help="tokens per rank")
     a = p.parse_args(argv)
-    args = load("tiny-moe")
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        rank, world = init_from_env()
-        r = check_against_moe(rank, world, args, [a.tokens] * world)
-        print(f"rank {rank}/{world}: sent {r['sent']} received {r['received']}; max |diff| output {r['output']:.2e}, "
-              f"input grad {r['input_grad']:.2e}, expert grads {r['expert_grads']:.2e}", flush=True)
+    args = configs.load("tiny-moe")
+    rank, world_size = init_distributed()
+    if world_size > 1:  # a torchrun job
+        _report(rank, world_size, check_against_moe(rank, world_size, args, [a.tokens] * world_size))
         dist.destroy_process_group()
         return 0
-    results = launch(check_against_moe, a.world_size, (args, [a.tokens] * a.world_size))
-    for rank, r in enumerate(results):
-        print(f"rank {rank}/{a.world_size}: sent {r['sent']} received {r['received']}; max |diff| output "
-              f"{r['output']:.2e}, input grad {r['input_grad']:.2e}, expert grads {r['expert_grads']:.2e}")
+    world_size = 1 if "RANK" in os.environ else a.world_size  # torchrun with one process: a one-rank group of our own
+    for rank, r in enumerate(launch(check_against_moe, world_size, (args, [a.tokens] * world_size))):
+        _report(rank, world_size, r)
     return 0
 
 

@@ -28,6 +28,17 @@ def _inline_png() -> None:
 _inline_png()
 
 
+def smooth(values, window: int = 20) -> np.ndarray:
+    """Trailing mean of ``values`` over ``window`` points (fewer at the start), for noisy training curves."""
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
+    v = np.asarray(values, dtype=np.float64)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    idx = np.arange(1, len(v) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
 def figure(ncols: int = 1, width: float = 5.0, height: float = 3.4, sharey: bool = False) -> tuple[Figure, list[Axes]]:
     """A figure with ``ncols`` side-by-side axes, each ``width`` x ``height`` inches; ``sharey`` puts every panel on
     one y scale (for panels a reader compares)."""

@@ -24,7 +24,7 @@ from dslab.data import ANSWER_CLOSE, ANSWER_OPEN, NOTATIONS, THINK_CLOSE, THINK_
 
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 ANSWER_BLOCK = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
-INTEGER = re.compile(r"\s*(-?\d{1,30})\s*")  # a plain integer, at most 30 digits: no "1_000", "+5", "1e3", "0x1F"
+INTEGER = re.compile(r"\s*(-?[0-9]{1,30})\s*")  # plain ASCII integer, <= 30 digits: no "1_000", "+5", "1e3", "٣"
 FORMAT = re.compile(r"\s*" + re.escape(THINK_OPEN) + r"(.*?)" + re.escape(THINK_CLOSE) + r"\s*"
                     + re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE) + r"\s*", re.DOTALL)
 WORD_CLASSES = {"digits": re.compile(r"[0-9+\-=<]*[0-9][0-9+\-=<]*"),

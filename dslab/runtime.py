@@ -1,13 +1,20 @@
-"""Seeds, devices, headless detection and progress bars: the few run-time facts every notebook and trainer shares."""
+"""Seeds, devices, headless detection, progress bars, the torchrun join and timing: the few run-time facts every
+notebook, trainer and benchmark shares."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import random
-from collections.abc import Iterable
+import socket
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -91,8 +98,6 @@ def measure_gemm_flops(device: str | torch.device = "cpu", dtype: torch.dtype = 
                        repeats: int = 3) -> float:
     """FLOP/s of the best of ``repeats`` [size, size] @ [size, size] matmuls (2·size³ FLOPs each) on ``device``,
     at torch's current thread count. Cached per (device, dtype, size, threads)."""
-    import time
-
     if not isinstance(size, int) or isinstance(size, bool) or size < 64:
         raise ValueError(f"size must be an int >= 64, got {size!r}")
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
@@ -141,3 +146,75 @@ def peak_flops(device: str | torch.device | None = None, dtype: torch.dtype = to
         if str(dtype).removeprefix("torch.") in peaks:
             return peaks[str(dtype).removeprefix("torch.")] * 1e12
     return measure_gemm_flops(device, dtype)
+
+
+# ----------------------------------------------------------------------------------------------- torchrun join
+BACKENDS = ("gloo", "nccl")
+
+
+def loopback_interface() -> str | None:
+    """The name of this machine's loopback interface ("lo" on Linux, "lo0" on macOS), or None if not found."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((n for n in names if n in ("lo", "lo0")), next((n for n in names if n.startswith("lo")), None))
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the running process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tuple[int, int]:
+    """Join the job ``torchrun`` describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), unless a
+    process group exists already; (0, 1) when the process was not started by torchrun with WORLD_SIZE > 1.
+
+    backend: None picks nccl when CUDA is available (one GPU per rank, LOCAL_RANK's), else gloo; gloo with every
+    rank on this machine talks over loopback, never a NIC. Returns (rank, world size)."""
+    if dist.is_initialized():
+        return world()
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    one_machine = os.environ.get("LOCAL_WORLD_SIZE") == os.environ["WORLD_SIZE"]
+    if backend == "gloo" and one_machine and "GLOO_SOCKET_IFNAME" not in os.environ and loopback_interface():
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return world()
+
+
+# --------------------------------------------------------------------------------------------------------- timing
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Run with n intra-op threads (None: leave as is), restoring the setting afterwards. One thread keeps timings
+    steadier on a busy machine, where a multi-threaded kernel waits for whichever of its threads was descheduled."""
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"threads must be a positive int or None, got {n!r}")
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -38,6 +38,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
+from matplotlib.patches import Patch
+
 from dslab import validate
 
 SCHEDULES = ("1f1b", "zb1p", "dualpipe")
@@ -127,111 +131,102 @@ class Chunk:
     parts: tuple[tuple[int, int], ...]
 
 
+class _DeviceOrder:
+    """One device's chunk order under construction, in the schedules' own letters: F(phase), B(phase, zero_bubble),
+    W(), FB(forward phase, backward phase), each on the next micro-batch of its direction. In DualPipe a device's
+    phase 0 is the direction that enters at its own end (forward on the first half of the devices, reverse on the
+    second half: ``second``). A zero-bubble B is a Bi whose W is queued; W() runs the queue first-in first-out."""
+
+    def __init__(self, second: bool = False):
+        self.second = second
+        self.next_fwd, self.next_bwd = [0, 0], [0, 0]  # next micro-batch of each direction
+        self.queue: list[tuple[int, int]] = []  # (direction, micro-batch) of the W passes held back
+        self.order: list[Chunk] = []
+
+    def _take(self, counters: list[int], phase: int) -> tuple[int, int]:
+        k = phase ^ self.second  # phase -> direction
+        counters[k] += 1
+        return k, counters[k] - 1
+
+    def F(self, phase: int) -> None:  # noqa: N802
+        self.order.append(Chunk("F", (self._take(self.next_fwd, phase),)))
+
+    def B(self, phase: int, zero_bubble: bool = False) -> None:  # noqa: N802
+        part = self._take(self.next_bwd, phase)
+        self.order.append(Chunk("Bi" if zero_bubble else "B", (part,)))
+        if zero_bubble:
+            self.queue.append(part)
+
+    def W(self) -> None:  # noqa: N802
+        self.order.append(Chunk("W", (self.queue.pop(0),)))
+
+    def FB(self, fwd_phase: int, bwd_phase: int) -> None:  # noqa: N802
+        self.order.append(Chunk("F&B", (self._take(self.next_fwd, fwd_phase), self._take(self.next_bwd, bwd_phase))))
+
+
 def _one_f_one_b(pp: int, m: int, split: bool) -> list[list[Chunk]]:
     """1F1B (split=False) or ZB-H1 (split=True: backward = Bi now, W held back, s of them on stage s)."""
     orders = []
     for s in range(pp):
-        warm = min(pp - 1 - s, m)
-        order = [Chunk("F", ((0, j),)) for j in range(warm)]
-        f, b, held = warm, 0, []
-
-        def backward(order=order, held=held, s=s):
-            nonlocal b
-            if not split:
-                order.append(Chunk("B", ((0, b),)))
-            else:
-                order.append(Chunk("Bi", ((0, b),)))
-                held.append(b)
-                if len(held) > s:  # stage s keeps s weight passes for later (ZB-H1)
-                    order.append(Chunk("W", ((0, held.pop(0)),)))
-            b += 1
-
-        while f < m:
-            order.append(Chunk("F", ((0, f),)))
-            f += 1
-            backward()
-        while b < m:
-            backward()
-        order += [Chunk("W", ((0, j),)) for j in held]
-        orders.append(order)
+        dev, warm = _DeviceOrder(), min(pp - 1 - s, m)
+        for _ in range(warm):
+            dev.F(0)
+        for j in range(m):  # one forward and one backward while forwards remain, then the remaining backwards
+            if j < m - warm:
+                dev.F(0)
+            dev.B(0, zero_bubble=split)
+            if len(dev.queue) > s:  # stage s keeps s weight passes for later (ZB-H1)
+                dev.W()
+        while dev.queue:
+            dev.W()
+        orders.append(dev.order)
     return orders
 
 
-def _dualpipe(pp: int, m: int) -> list[list[Chunk]]:
-    """The chunk order of each device in ``DualPipe.step`` (deepseek-ai/DualPipe, dualpipe/dualpipe.py), steps 1-8.
+def _dualpipe_device(pp: int, m: int, d: int) -> list[Chunk]:
+    """Device d's chunk order in ``DualPipe.step`` (deepseek-ai/DualPipe, dualpipe/dualpipe.py): steps 1-5 here
+    (warm-up forwards, zero-bubble backwards, the F&B main phase), 6-8 in ``_dualpipe_drain``. hr: how far d is from
+    the nearer end of the pipeline."""
+    half, hr = pp // 2, min(d, pp - 1 - d)
+    dev = _DeviceOrder(second=d >= half)
+    for _ in range((half - hr - 1) * 2):  # step 1: nF0
+        dev.F(0)
+    for _ in range(hr + 1):  # step 2: nF0F1
+        dev.F(0)
+        dev.F(1)
+    for _ in range(half - hr - 1):  # step 3: nB1W1F1 (zero bubble)
+        dev.B(1, True)
+        dev.W()
+        dev.F(1)
+    for i in range(m // 2 - pp + hr + 1):  # step 4, the main step: nF0B1F1B0
+        if i == 0 and d in (half - 1, half):  # the middle devices do not overlap this first pair
+            dev.F(0)
+            dev.B(1)
+        else:
+            dev.FB(0, 1)
+        dev.FB(1, 0)
+    for _ in range(half - hr - 1):  # step 5: nB1F1B0
+        dev.B(1)
+        dev.FB(1, 0)
+    _dualpipe_drain(dev, half, hr)
+    return dev.order
 
-    A device's "phase 0" is the direction that enters at its own end of the pipeline (forward direction on the first
-    half of the devices, reverse on the second half); backward chunks with zero bubble enabled become Bi, their W is
-    queued and run first-in first-out by the weight steps.
-    """
-    orders, half, half_m = [], pp // 2, m // 2
-    for d in range(pp):
-        hr = min(d, pp - 1 - d)
-        second, middle = d >= half, d in (half - 1, half)
-        nxt_f, nxt_b, queue, order = [0, 0], [0, 0], [], []
 
-        def direction(phase, second=second):
-            return phase ^ second
-
-        def fwd(phase, nxt_f=nxt_f):
-            k = direction(phase)
-            nxt_f[k] += 1
-            return k, nxt_f[k] - 1
-
-        def bwd(phase, nxt_b=nxt_b):
-            k = direction(phase)
-            nxt_b[k] += 1
-            return k, nxt_b[k] - 1
-
-        def F(phase, order=order):  # noqa: N802 - the schedule's own letters
-            order.append(Chunk("F", (fwd(phase),)))
-
-        def B(phase, zero_bubble=False, order=order, queue=queue):  # noqa: N802
-            part = bwd(phase)
-            order.append(Chunk("Bi" if zero_bubble else "B", (part,)))
-            if zero_bubble:
-                queue.append(part)
-
-        def W(order=order, queue=queue):  # noqa: N802
-            order.append(Chunk("W", (queue.pop(0),)))
-
-        def FB(p0, p1, order=order):  # noqa: N802
-            order.append(Chunk("F&B", (fwd(p0), bwd(p1))))
-
-        for _ in range((half - hr - 1) * 2):  # step 1: nF0
-            F(0)
-        for _ in range(hr + 1):  # step 2: nF0F1
-            F(0)
-            F(1)
-        for _ in range(half - hr - 1):  # step 3: nB1W1F1 (zero bubble)
-            B(1, True)
-            W()
-            F(1)
-        for i in range(half_m - pp + hr + 1):  # step 4, the main step: nF0B1F1B0
-            if i == 0 and middle:  # the middle devices do not overlap this first pair
-                F(0)
-                B(1)
-            else:
-                FB(0, 1)
-            FB(1, 0)
-        for _ in range(half - hr - 1):  # step 5: nB1F1B0
-            B(1)
-            FB(1, 0)
-        zero_bubble, steps = False, hr + 1
-        for i in range(steps):  # step 6: nB1B0, zero bubble from the middle on
-            if i == steps // 2 and hr % 2 == 1:
-                zero_bubble = True
-            B(1, zero_bubble)
-            if i == steps // 2 and hr % 2 == 0:
-                zero_bubble = True
-            B(0, zero_bubble)
-        for _ in range(half - hr - 1):  # step 7: nWB0 (zero bubble)
-            W()
-            B(0, True)
-        for _ in range(hr + 1):  # step 8: nW
-            W()
-        orders.append(order)
-    return orders
+def _dualpipe_drain(dev: _DeviceOrder, half: int, hr: int) -> None:
+    """Steps 6-8 of ``DualPipe.step``: the last backwards (zero bubble from mid step 6), the held-back Ws."""
+    zero_bubble, steps = False, hr + 1
+    for i in range(steps):  # step 6: nB1B0, zero bubble from the middle on
+        if i == steps // 2 and hr % 2 == 1:
+            zero_bubble = True
+        dev.B(1, zero_bubble)
+        if i == steps // 2 and hr % 2 == 0:
+            zero_bubble = True
+        dev.B(0, zero_bubble)
+    for _ in range(half - hr - 1):  # step 7: nWB0 (zero bubble)
+        dev.W()
+        dev.B(0, True)
+    for _ in range(hr + 1):  # step 8: nW
+        dev.W()
 
 
 def chunk_orders(schedule: str, pp: int, microbatches: int) -> list[list[Chunk]]:
@@ -239,7 +234,7 @@ def chunk_orders(schedule: str, pp: int, microbatches: int) -> list[list[Chunk]]
     check_pp(schedule, pp)
     check_microbatches(schedule, pp, microbatches)
     if schedule == "dualpipe":
-        return _dualpipe(pp, microbatches)
+        return [_dualpipe_device(pp, microbatches, d) for d in range(pp)]
     return _one_f_one_b(pp, microbatches, split=schedule == "zb1p")
 
 
@@ -250,7 +245,7 @@ def stage_of(schedule: str, pp: int, device: int, direction: int) -> int:
 
 # ------------------------------------------------------------------------------------------------- simulation
 @dataclass(frozen=True)
-class Task:
+class TimedChunk:
     """A chunk placed in time on a device: kind, [start, end) and its parts as (direction, micro-batch, stage)."""
 
     device: int
@@ -262,7 +257,7 @@ class Task:
 
 @dataclass
 class Timeline:
-    """A simulated step: ``tasks[d]`` lists device d's chunks in time order; ``bubble[d]`` = makespan − time d
+    """A simulated step: ``chunks[d]`` lists device d's chunks in time order; ``bubble[d]`` = makespan − time d
     computed; ``peak_activations[d]`` the most forward chunks d held activations for at once; ``stages[d]`` the
     model stages whose parameters d holds."""
 
@@ -270,7 +265,7 @@ class Timeline:
     pp: int
     microbatches: int
     durations: Durations
-    tasks: list[list[Task]]
+    chunks: list[list[TimedChunk]]
     makespan: float = 0.0
     busy: list[float] = field(default_factory=list)
     bubble: list[float] = field(default_factory=list)
@@ -300,6 +295,21 @@ def _needs(kind: str, direction: int, mb: int, stage: int, pp: int, part: int) -
     return needs
 
 
+def _inputs_done(schedule: str, pp: int, d: int, chunk: Chunk, done: dict[tuple, float],
+                 comm: float) -> tuple[float, tuple] | None:
+    """When everything ``chunk`` on device d needs is done (plus comm per hop between devices), and its parts as
+    (direction, micro-batch, stage); None while some input is still missing."""
+    ready, parts = 0.0, []
+    for i, (k, mb) in enumerate(chunk.parts):
+        stage = stage_of(schedule, pp, d, k)
+        parts.append((k, mb, stage))
+        for event, kk, j, s, hop in _needs(chunk.kind, k, mb, stage, pp, i):
+            if (event, kk, j, s) not in done:
+                return None
+            ready = max(ready, done[(event, kk, j, s)] + (comm if hop else 0.0))
+    return ready, tuple(parts)
+
+
 def simulate(schedule: str, pp: int, microbatches: int, durations: Durations | None = None) -> Timeline:
     """Play ``chunk_orders`` out in time. Each chunk starts when its device is free and everything it needs is done
     (plus durations.comm for a hop between devices); an F&B chunk waits for both halves' inputs. Returns a Timeline.
@@ -308,58 +318,48 @@ def simulate(schedule: str, pp: int, microbatches: int, durations: Durations | N
     if not isinstance(durations, Durations):
         raise TypeError(f"durations must be a dslab.systems.Durations, got {type(durations).__name__}")
     orders = chunk_orders(schedule, pp, microbatches)
-    done: dict[tuple, float] = {}
+    done: dict[tuple, float] = {}  # (event, direction, micro-batch, stage) -> when it finished
     nxt, free = [0] * pp, [0.0] * pp
-    tasks: list[list[Task]] = [[] for _ in range(pp)]
+    chunks: list[list[TimedChunk]] = [[] for _ in range(pp)]
     remaining = sum(len(o) for o in orders)
     while remaining:
         progressed = False
         for d in range(pp):
             while nxt[d] < len(orders[d]):
                 chunk = orders[d][nxt[d]]
-                start, ready, parts = free[d], True, []
-                for i, (k, mb) in enumerate(chunk.parts):
-                    stage = stage_of(schedule, pp, d, k)
-                    parts.append((k, mb, stage))
-                    for event, kk, j, s, hop in _needs(chunk.kind, k, mb, stage, pp, i):
-                        t = done.get((event, kk, j, s))
-                        if t is None:
-                            ready = False
-                            break
-                        start = max(start, t + (durations.comm if hop else 0.0))
-                    if not ready:
-                        break
-                if not ready:
+                inputs = _inputs_done(schedule, pp, d, chunk, done, durations.comm)
+                if inputs is None:
                     break
+                start = max(free[d], inputs[0])
                 end = start + durations.of(chunk.kind)
-                for i, (k, mb, stage) in enumerate(parts):
+                for i, (k, mb, stage) in enumerate(inputs[1]):
                     event = "F" if chunk.kind == "F" or (chunk.kind == "F&B" and i == 0) else \
                         "W" if chunk.kind == "W" else "B"
                     done[(event, k, mb, stage)] = end
-                tasks[d].append(Task(d, chunk.kind, start, end, tuple(parts)))
+                chunks[d].append(TimedChunk(d, chunk.kind, start, end, inputs[1]))
                 free[d], nxt[d] = end, nxt[d] + 1
                 remaining -= 1
                 progressed = True
         if not progressed:
             raise RuntimeError(f"the {schedule} order deadlocks at chunks {nxt}")
-    return _summarize(Timeline(schedule, pp, microbatches, durations, tasks))
+    return _summarize(Timeline(schedule, pp, microbatches, durations, chunks))
 
 
 def _summarize(tl: Timeline) -> Timeline:
-    tl.makespan = max(t.end for device in tl.tasks for t in device)
-    tl.busy = [sum(t.end - t.start for t in device) for device in tl.tasks]
+    tl.makespan = max(t.end for device in tl.chunks for t in device)
+    tl.busy = [sum(t.end - t.start for t in device) for device in tl.chunks]
     tl.bubble = [tl.makespan - b for b in tl.busy]
-    tl.peak_activations = [_peak_activations(device) for device in tl.tasks]
-    tl.stages = [tuple(sorted({p[2] for t in device for p in t.parts})) for device in tl.tasks]
+    tl.peak_activations = [_peak_activations(device) for device in tl.chunks]
+    tl.stages = [tuple(sorted({p[2] for t in device for p in t.parts})) for device in tl.chunks]
     return tl
 
 
-def _peak_activations(tasks: list[Task]) -> int:
+def _peak_activations(chunks: list[TimedChunk]) -> int:
     """Forward chunks whose activations a device holds, at its worst: +1 at a forward, −1 when its backward is done
     (at W when the backward is split). During an F&B chunk the new forward's activations and the old backward's
     coexist, so it counts before it frees."""
     held = peak = 0
-    for t in tasks:
+    for t in chunks:
         if t.kind in ("F", "F&B"):
             held += 1
             peak = max(peak, held)
@@ -439,10 +439,8 @@ def overlap_model(tokens: int, ib_copies: float, nvlink_copies: float, flops_per
     validate.real("flops_per_token", flops_per_token, 0)
     validate.real("achieved_flops", achieved_flops, 0, lo_open=True)
     compute = tokens * flops_per_token / achieved_flops
-    dispatch = a2a_seconds(tokens * ib_copies * dispatch_bytes, tokens * nvlink_copies * dispatch_bytes, ib_gbps,
-                           nvlink_gbps)
-    combine = a2a_seconds(tokens * ib_copies * combine_bytes, tokens * nvlink_copies * combine_bytes, ib_gbps,
-                          nvlink_gbps)
+    dispatch, combine = (a2a_seconds(tokens * ib_copies * b, tokens * nvlink_copies * b, ib_gbps, nvlink_gbps)
+                         for b in (dispatch_bytes, combine_bytes))
     comm = dispatch + combine
     return {"compute": compute, "dispatch": dispatch, "combine": combine, "serial": compute + comm,
             "overlapped": max(compute, comm), "exposed": max(0.0, comm - compute),
@@ -457,17 +455,13 @@ def gantt(timeline: Timeline, ax=None, title: str | None = None, label_microbatc
     """Draw a Timeline: one row per device, a box per chunk (forward orange, full backward green, input backward
     light green, weight backward blue, F&B half orange half green), micro-batch numbers inside (the reverse
     direction's in italics). Returns the figure."""
-    from matplotlib.figure import Figure
-    from matplotlib.legend_handler import HandlerTuple
-    from matplotlib.patches import Patch
-
     if ax is None:
         fig = Figure(figsize=(10, 0.35 * timeline.pp + 1.2), layout="constrained")
         ax = fig.add_subplot()
     fig = ax.figure
-    for d, tasks in enumerate(timeline.tasks):
+    for d, chunks in enumerate(timeline.chunks):
         spans: dict[str, list] = {k: [] for k in COLORS}  # one collection per device and colour: fast to draw
-        for t in tasks:
+        for t in chunks:
             w = t.end - t.start
             if t.kind == "F&B":
                 spans["F"].append((t.start, w / 2))
@@ -487,7 +481,7 @@ def gantt(timeline: Timeline, ax=None, title: str | None = None, label_microbatc
     ax.set_xlabel("time")
     ax.set_title(title or f"{LABELS[timeline.schedule]}: PP={timeline.pp}, {timeline.microbatches} micro-batches, "
                           f"bubble {timeline.max_bubble:g} ({timeline.bubble_fraction:.1%} of the step)", fontsize=9)
-    kinds = sorted({t.kind for device in timeline.tasks for t in device}, key=KINDS.index)
+    kinds = sorted({t.kind for device in timeline.chunks for t in device}, key=KINDS.index)
     names = {"F": "forward", "B": "backward", "Bi": "backward for input", "W": "backward for weights",
              "F&B": "overlapped forward & backward"}
     handles = [(Patch(facecolor=COLORS["F"], edgecolor="k"), Patch(facecolor=COLORS["B"], edgecolor="k"))
@@ -497,7 +491,7 @@ def gantt(timeline: Timeline, ax=None, title: str | None = None, label_microbatc
     return fig
 
 
-__all__ = ["IB_GBPS", "KINDS", "LABELS", "NVLINK_GBPS", "SCHEDULES", "Chunk", "Durations", "Task", "Timeline",
+__all__ = ["IB_GBPS", "KINDS", "LABELS", "NVLINK_GBPS", "SCHEDULES", "Chunk", "Durations", "Timeline", "TimedChunk",
            "a2a_seconds", "check_microbatches", "check_pp", "chunk_orders", "closed_form_activations",
            "closed_form_bubble", "closed_form_holds", "closed_form_parameters", "gantt", "min_microbatches",
            "overlap_model", "simulate", "stage_of"]

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from dslab import accounting as acc
-from dslab import train
+from dslab import capstone, train
 from dslab.bench import BENCHMARKS
 from dslab.bench import capstone as bench
+from dslab.checkpoint import read_metrics
 from dslab.labs.lab06_capstone import artifacts
 from dslab.moe import max_vio
 
@@ -23,7 +24,7 @@ DATA = ROOT / "datasets" / "capstone"
 
 # --------------------------------------------------------------------------------------------------------- bench
 def test_dense_twin_activates_the_same_ffn_width():
-    moe = train.preset_config("cpu").model
+    moe = capstone.preset_config("cpu").model
     dense = bench.dense_twin(moe)
     assert "capstone" in BENCHMARKS and not dense.is_moe and dense.n_dense_layers == dense.n_layers
     assert dense.inter_dim == (moe.n_shared_experts + moe.n_activated_experts) * moe.moe_inter_dim == moe.inter_dim
@@ -47,7 +48,7 @@ def test_readme_describes_every_file_and_its_command():
     for name, entry in entries.items():
         assert f"`{name}.csv`" in readme and entry["command"] == artifacts.command(name)
         assert artifacts.command(name) in readme
-        cfg = train.preset_config("cpu", **artifacts.RUNS[name][1])
+        cfg = capstone.preset_config("cpu", **artifacts.RUNS[name][1])
         assert entry["settings"]["steps"] == cfg.train.steps and entry["settings"]["lr"] == cfg.train.lr
     assert "python -m dslab.labs.lab06_capstone.artifacts" in readme
     sizes = sum(p.stat().st_size for p in DATA.iterdir())
@@ -58,7 +59,7 @@ def test_readme_describes_every_file_and_its_command():
 def test_reference_csv_is_a_whole_run_with_the_logged_metrics(name):
     rows = artifacts.read_csv(DATA / f"{name}.csv")
     entry = json.loads((DATA / "runs.json").read_text(encoding="utf-8"))[name]
-    cfg = train.preset_config("cpu", **artifacts.RUNS[name][1])
+    cfg = capstone.preset_config("cpu", **artifacts.RUNS[name][1])
     assert len(rows) == entry["steps"] and [r["step"] for r in rows] == list(range(len(rows)))
     assert entry["stopped"] is not None or len(rows) == cfg.train.steps
     per_step = cfg.train.batch_size * cfg.train.block_size
@@ -89,13 +90,13 @@ def test_the_first_steps_of_each_reference_run_are_reproduced(tmp_path):
             raise KeyboardInterrupt  # after steps 0 and 1 were written to the metrics file
 
     for name, (_, changes) in artifacts.RUNS.items():
-        cfg = train.preset_config("cpu", **changes)
-        train_ids, val_ids = train.corpus_ids(cfg)
+        cfg = capstone.preset_config("cpu", **changes)
+        train_ids, val_ids = capstone.corpus_ids(cfg)
         metrics = tmp_path / f"{name}.jsonl"
         with pytest.raises(KeyboardInterrupt):
-            train.train_lm(train.build_model(cfg), train_ids, val_ids, replace(cfg.train, metrics=str(metrics)),
+            train.train_lm(capstone.init_model(cfg), train_ids, val_ids, replace(cfg.train, metrics=str(metrics)),
                            after_step=stop)
-        fresh = train.read_metrics(metrics)
+        fresh = read_metrics(metrics)
         shipped = artifacts.read_csv(DATA / f"{name}.csv")[:2]
         assert len(fresh) == 2
         for got, want in zip(fresh, shipped):
@@ -133,12 +134,12 @@ def test_readme_preset_table_is_the_accounting_and_the_reference_run():
     shipped healthy run reached (the only preset the course has run)."""
     readme = (DATA / "README.md").read_text(encoding="utf-8")
     healthy = json.loads((DATA / "runs.json").read_text(encoding="utf-8"))["healthy"]["summary"]
-    for name in train.PRESETS:
-        card = train.preset_card(name)
+    for name in capstone.PRESETS:
+        card = capstone.preset_card(name)
         row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}` |"))
         for key in ("total_params", "activated_params", "tokens", "mtp_params"):
             assert f"{card[key]:,}" in row, (name, key)
         assert ("not measured" in row) == (name != "cpu") and ("not measured" in card["reached"]) == (name != "cpu")
-    assert f"{healthy['final_val_loss']:.3f}" in train.PRESETS["cpu"].reached
+    assert f"{healthy['final_val_loss']:.3f}" in capstone.PRESETS["cpu"].reached
     cpu_row = next(line for line in readme.splitlines() if line.startswith("| `cpu`"))
     assert f"{healthy['final_val_loss']:.3f}" in cpu_row

@@ -61,7 +61,7 @@ def test_paired_ratios_one_per_round_and_validated():
 def test_num_threads_sets_and_restores():
     import torch
 
-    from dslab.bench import num_threads
+    from dslab.runtime import num_threads
 
     before = torch.get_num_threads()
     with num_threads(1):

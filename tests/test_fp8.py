@@ -1,6 +1,7 @@
 """FP8 (DeepSeek-V3 §3.3): formats and casts bit for bit against torch's float8 dtypes, scaling granularities,
 limited-precision accumulation and promotion, emulation against torch._scaled_mm, the FP8 training path (one linear,
-the grouped experts, MLA's projections, a whole tiny Transformer) and the memory table."""
+the grouped experts, MLA's projections, a whole tiny Transformer), the memory table, and the real FP8 path
+(``torch._scaled_mm`` with row-wise scales, its fallback to the emulation)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from dslab import accounting, configs, fp8
 from dslab.dispatch import grouped_dispatch, loop_dispatch
+from dslab.fp8 import real as fp8_real
 from dslab.mla import expand_latent, latent_cache_step
 from dslab.model import Transformer
 from dslab.nn import rotary_freqs
@@ -447,7 +449,7 @@ def test_memory_breakdown():
              + (v3.n_layers - v3.n_dense_layers) * accounting.gate_params(v3)
              + v3.n_layers * (accounting.norm_params(v3) + v3.q_lora_rank + v3.kv_lora_rank) + v3.dim)
     assert gemm + other == total
-    rows = {p: fp8.memory_breakdown(v3, p, 4096) for p in fp8.PRECISIONS}
+    rows = {p: fp8.memory_breakdown(v3, p, 4096) for p in fp8.MEMORY_PRECISIONS}
     assert rows["fp8"]["master weights"] == rows["bf16"]["master weights"] == 4 * total
     assert rows["fp8"]["gradients"] == rows["bf16"]["gradients"] == 4 * total
     assert rows["fp8"]["GEMM weight copies"] / rows["bf16"]["GEMM weight copies"] == pytest.approx(0.5, rel=1e-3)
@@ -457,3 +459,101 @@ def test_memory_breakdown():
     assert rows["fp32"]["GEMM weight copies"] == 0
     with pytest.raises(ValueError, match="precision"):
         fp8.memory_breakdown(v3, "int4")
+
+
+# ---------------------------------------------------------------------------------------------- real FP8 path
+def _old_rowwise(t):
+    """The real FP8 path as dslab.train had it (448 and 1e-4 typed out, FP32 kernel output): the reference."""
+    scale = t.detach().abs().amax(dim=1, keepdim=True).float().clamp(min=1e-4) / 448.0
+    return (t.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+def _old_mm(a, b, out_dtype):
+    qa, sa = _old_rowwise(a)
+    qb, sb = _old_rowwise(b)
+    return torch._scaled_mm(qa, qb.t(), scale_a=sa, scale_b=sb.t(), out_dtype=out_dtype)
+
+
+def _linear_operands(seed):
+    """x [32, 64], W [48, 64], dY [32, 48]: every dimension a multiple of 16, as the CUDA kernels need."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(32, 64, generator=gen), torch.randn(48, 64, generator=gen), torch.randn(32, 48, generator=gen)
+
+
+def _real_fp8_step(x, w, gy):
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = fp8_real._RealFP8Linear.apply(x, w)
+    y.backward(gy)
+    return y.detach(), x.grad, w.grad
+
+
+def test_real_fp8_linear_matches_a_float_matmul_to_fp8_precision():
+    x, w, gy = _linear_operands(0)
+    y, gx, gw = _real_fp8_step(x, w, gy)
+    for got, want in ((y, x @ w.t()), (gx, gy @ w), (gw, gy.t() @ x)):
+        assert float((got - want).norm() / want.norm()) < 0.05
+    assert fp8.real_fp8_supported("cpu") and not fp8.real_fp8_supported("meta")
+
+
+def test_real_fp8_uses_the_format_constants_and_matches_the_old_path(monkeypatch):
+    """Same numbers as the copy that lived in dslab.train; with the BF16 kernel output that CUDA gets (row-wise
+    scaling refuses FP32 output there) within BF16 rounding of them."""
+    assert fp8.E4M3.max == 448.0
+    t = torch.tensor([[1.0, -3.0], [0.0, 0.0]])
+    q, s = fp8_real._rowwise_fp8(t)
+    assert torch.equal(s.flatten(), torch.tensor([3.0, fp8.AMAX_FLOOR]) / 448) and q.dtype == torch.float8_e4m3fn
+    x, w, gy = _linear_operands(1)
+    qx, sx = _old_rowwise(x)
+    old = (_old_mm(x, w, torch.float32), _old_mm(gy, w.t().contiguous(), torch.float32),
+           _old_mm(gy.t().contiguous(), (qx.float() * sx).t().contiguous(), torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(_real_fp8_step(x, w, gy), old))  # the CPU asks for FP32 directly
+    assert fp8_real._kernel_dtype(torch.device("cpu"), torch.float32) == torch.float32
+    assert fp8_real._kernel_dtype(torch.device("cuda"), torch.float32) == torch.bfloat16
+    monkeypatch.setattr(fp8_real, "_kernel_dtype", lambda device, out_dtype: torch.bfloat16)
+    for got, want in zip(_real_fp8_step(x, w, gy), old):
+        assert got.dtype == torch.float32 and float((got - want).norm() / want.norm()) < 1e-2
+
+
+def test_enable_real_fp8_swaps_the_linears_but_not_the_head():
+    torch.manual_seed(0)
+    model = Transformer(_tiny_args())
+    before = dict(model.named_parameters())
+    model.eval()
+    swapped = fp8.enable_real_fp8(model)
+    assert {"layers.0.attn.wq_a", "layers.0.attn.wo", "layers.0.ffn.w1", "layers.1.ffn.shared_experts.w2"} <= set(
+        swapped)
+    assert type(model.head) is nn.Linear and "head" not in swapped
+    assert dict(model.named_parameters()) == before  # the same Parameter objects
+    assert isinstance(model.layers[0].ffn.w1, fp8.RealFP8Linear) and not model.layers[0].ffn.w1.training
+    model.train()
+    tokens = torch.randint(40, (2, 16), generator=torch.Generator().manual_seed(1))
+    model(tokens).float().logsumexp(-1).mean().backward()
+    assert model.layers[0].ffn.w1.weight.grad is not None
+
+
+@pytest.mark.parametrize("failure", ["unsupported", "kernel raises"])
+def test_enable_real_fp8_falls_back_to_the_emulation(failure, monkeypatch):
+    if failure == "unsupported":
+        monkeypatch.setattr(fp8_real, "real_fp8_supported", lambda device: False)
+    else:
+        def refuse(*args, **kwargs):
+            raise RuntimeError("Only bf16 high precision output types are supported for row-wise scaling.")
+
+        monkeypatch.setattr(torch, "_scaled_mm", refuse)
+    torch.manual_seed(0)
+    model = Transformer(_tiny_args())
+    with pytest.warns(RuntimeWarning, match="emulation"):
+        names = fp8.enable_real_fp8(model)
+    assert names == fp8.enable_training(Transformer(_tiny_args()))  # what the emulation reports
+    assert isinstance(model.layers[0].ffn.w1, fp8.FP8Linear) and not any(
+        isinstance(m, fp8.RealFP8Linear) for m in model.modules())
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and fp8.real_fp8_supported("cuda")), reason="needs an FP8 GPU")
+def test_real_fp8_linear_on_the_gpu_keeps_dtypes_and_device():
+    x, w, gy = _linear_operands(2)
+    cpu = _real_fp8_step(x, w, gy)
+    gpu = _real_fp8_step(x.cuda(), w.cuda(), gy.cuda())
+    for g, c in zip(gpu, cpu):
+        assert g.device.type == "cuda" and g.dtype == torch.float32
+        assert float((g.cpu() - c).norm() / c.norm()) < 1e-2  # BF16 kernel output on CUDA, FP32 on the CPU

@@ -1,16 +1,19 @@
-"""GRPO: rollouts, advantages, the clipped objective with KL, the aggregations, the trainer (a rising reward, resume),
-SFT on completion tokens only, evaluation (pass@k, cons@k ties) and bad input."""
+"""GRPO and its neighbours: rollouts (``sampling``), advantages, the clipped objective with KL, the aggregations, the
+trainer (a rising reward, resume, zero-variance groups), SFT on completion tokens only (``sft``), evaluation (pass@k,
+cons@k ties; ``evals``), bad input, and ``grpo`` still naming everything that moved out of it."""
 
 from __future__ import annotations
 
 import json
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
 
-from dslab import configs, data, grpo
+from dslab import configs, data, evals, grpo, sampling, sft, train
+from dslab.checkpoint import CheckpointError, read_metrics
 from dslab.model import Transformer
 
 TOK = data.CharTokenizer()
@@ -53,7 +56,7 @@ def test_each_row_stops_on_its_own_at_the_stop_string():
     texts = ["<think>1</think> <answer>1</answer>", "<answer>22</answer> and more", "endless " * 10]
     model = Scripted(texts, rows=6)
     prompt = torch.tensor([TOK.encode("Q: 1+1\n")] * 2)
-    r = grpo.generate(model, prompt, 3, 40, STOP, temperature=1.0)
+    r = sampling.generate(model, prompt, 3, 40, STOP, temperature=1.0)
     assert r.ids.shape == r.mask.shape == (6, 40)
     got = [TOK.decode(row[row_mask.bool()]) for row, row_mask in zip(r.ids, r.mask)]
     assert got[:3] == ["<think>1</think> <answer>1</answer>", "<answer>22</answer>", ("endless " * 10)[:40]]
@@ -68,7 +71,7 @@ def test_each_row_stops_on_its_own_at_the_stop_string():
 def test_cached_greedy_rollout_equals_recomputing_the_prefix():
     model = tiny_model().eval()
     prompts = [TOK.encode(t.prompt) for t in data.tasks(3, seed=1)]
-    r = grpo.rollout(model, prompts, 2, 12, STOP, temperature=0.0)
+    r = sampling.rollout(model, prompts, 2, 12, STOP, temperature=0.0)
     for i, p in enumerate(prompts):
         seq = list(p)
         for _ in range(12):  # no cache: the whole prefix through the model at every token
@@ -82,11 +85,11 @@ def test_cached_greedy_rollout_equals_recomputing_the_prefix():
 def test_rollout_batches_by_prompt_length_and_keeps_the_order():
     model = tiny_model().eval()
     task_list = data.tasks(7, seed=2) + [data.Task("1+1", 2, 1), data.Task("999-999", 0, 3)]
-    prompts = grpo.encode_prompts(task_list, TOK)
+    prompts = evals.encode_prompts(task_list, TOK)
     assert len({len(p) for p in prompts}) > 1
-    together = grpo.rollout(model, prompts, 3, 10, STOP, temperature=0.0, max_rows=6)
+    together = sampling.rollout(model, prompts, 3, 10, STOP, temperature=0.0, max_rows=6)
     for i, p in enumerate(prompts):
-        alone = grpo.generate(model, torch.tensor([p]), 3, 10, STOP, temperature=0.0)
+        alone = sampling.generate(model, torch.tensor([p]), 3, 10, STOP, temperature=0.0)
         w = together.ids.shape[1]
         assert torch.equal(together.ids[3 * i: 3 * i + 3], alone.ids[:, :w])
 
@@ -94,42 +97,42 @@ def test_rollout_batches_by_prompt_length_and_keeps_the_order():
 def test_sampling_is_seeded_and_temperature_spreads_the_group():
     model = tiny_model()
     prompt = torch.tensor([TOK.encode("User: 12+34=? ")])
-    a = grpo.generate(model, prompt, 8, 10, STOP, 1.0, generator=torch.Generator().manual_seed(3))
-    b = grpo.generate(model, prompt, 8, 10, STOP, 1.0, generator=torch.Generator().manual_seed(3))
+    a = sampling.generate(model, prompt, 8, 10, STOP, 1.0, generator=torch.Generator().manual_seed(3))
+    b = sampling.generate(model, prompt, 8, 10, STOP, 1.0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.ids, b.ids) and len({tuple(r.tolist()) for r in a.ids}) > 1
-    greedy = grpo.generate(model, prompt, 8, 10, STOP, 0.0)
+    greedy = sampling.generate(model, prompt, 8, 10, STOP, 0.0)
     assert len({tuple(r.tolist()) for r in greedy.ids}) == 1
 
 
 def test_top_p_keeps_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda p: torch.isfinite(grpo.top_p_filter(logits, p)).tolist()[0]  # noqa: E731
+    kept = lambda p: torch.isfinite(sampling.top_p_filter(logits, p)).tolist()[0]  # noqa: E731
     assert kept(0.5) == [True, False, False, False]
     assert kept(0.6) == [True, True, False, False]
     assert kept(0.8) == [True, True, False, False]
     assert kept(0.81) == [True, True, True, False]
     assert kept(1.0) == [True] * 4
     g = torch.Generator().manual_seed(0)
-    draws = [int(grpo.sample_next(logits, 1.0, 0.6, g)) for _ in range(200)]
+    draws = [int(sampling.sample_next(logits, 1.0, 0.6, g)) for _ in range(200)]
     assert set(draws) == {0, 1}
 
 
 def test_generate_rejects_bad_input():
     model = tiny_model(rows=4, max_seq_len=32)
     with pytest.raises(ValueError, match="cache"):
-        grpo.generate(model, torch.tensor([[1, 2]]), 5, 4)
+        sampling.generate(model, torch.tensor([[1, 2]]), 5, 4)
     with pytest.raises(ValueError, match="max_seq_len"):
-        grpo.generate(model, torch.tensor([[1, 2]]), 2, 31)
+        sampling.generate(model, torch.tensor([[1, 2]]), 2, 31)
     with pytest.raises(TypeError, match="prompt_ids"):
-        grpo.generate(model, torch.tensor([[1.0, 2.0]]), 2, 4)
+        sampling.generate(model, torch.tensor([[1.0, 2.0]]), 2, 4)
     with pytest.raises(ValueError, match="prompt_ids"):
-        grpo.generate(model, torch.zeros(1, 0, dtype=torch.long), 2, 4)
+        sampling.generate(model, torch.zeros(1, 0, dtype=torch.long), 2, 4)
     with pytest.raises(ValueError, match="prompts"):
-        grpo.rollout(model, [[1, 2], []], 2, 4)
+        sampling.rollout(model, [[1, 2], []], 2, 4)
 
 
 def test_join_marks_only_generated_targets():
-    r = grpo.Rollout(torch.tensor([[7, 8, 0], [9, 0, 0]]), torch.tensor([[1, 1, 0], [1, 0, 0]]),
+    r = sampling.Rollout(torch.tensor([[7, 8, 0], [9, 0, 0]]), torch.tensor([[1, 1, 0], [1, 0, 0]]),
                      torch.tensor([True, True]))
     ids, mask = grpo.join([[1, 2, 3]], r, 2)
     assert ids.tolist() == [[1, 2, 3, 7, 8], [1, 2, 3, 9, 0]]
@@ -313,57 +316,63 @@ def test_policy_loss_mismatched_shapes(which, match):
 
 # ---------------------------------------------------------------------------------------------------------- SFT
 def test_sft_loss_ignores_prompt_tokens():
-    x, y, m = grpo.sft_batch([("User: 1+1=?", "<answer>2</answer>"), ("Q", "<answer>10</answer>")], TOK)
+    x, y, m = sft.sft_batch([("User: 1+1=?", "<answer>2</answer>"), ("Q", "<answer>10</answer>")], TOK)
     assert x.shape == y.shape == m.shape
     assert int(m[0].sum()) == len("<answer>2</answer>") and int(m[1].sum()) == len("<answer>10</answer>")
     assert TOK.decode(y[0][m[0].bool()]) == "<answer>2</answer>"
     logits = torch.randn(*x.shape, TOK.vocab_size, requires_grad=True)
-    loss = grpo.sft_loss(logits, y, m)
+    loss = sft.sft_loss(logits, y, m)
     loss.backward()
     assert bool((logits.grad[m == 0] == 0).all()) and bool((logits.grad[m == 1] != 0).any())
     changed = logits.detach().clone()
     changed[m == 0] = torch.randn_like(changed[m == 0]) * 100  # scramble what the model says about the prompt
-    assert float(grpo.sft_loss(changed, y, m)) == pytest.approx(float(loss.detach()), rel=1e-6)
+    assert float(sft.sft_loss(changed, y, m)) == pytest.approx(float(loss.detach()), rel=1e-6)
     manual = torch.nn.functional.cross_entropy(logits.detach()[m == 1], y[m == 1])
     assert float(loss.detach()) == pytest.approx(float(manual), rel=1e-6)
 
 
-def test_sft_learns_the_completion():
+def test_sft_learns_the_completion(tmp_path):
     model = tiny_model()
     pairs = data.cold_start_pairs(data.tasks(40, max_digits=1, seed=3))
-    before = float(grpo.sft_loss(model.train()(grpo.sft_batch(pairs, TOK)[0]), *grpo.sft_batch(pairs, TOK)[1:]))
-    history = grpo.train_sft(model, pairs, grpo.SFTConfig(steps=30, batch_size=16, lr=3e-3, warmup=2))
+    with torch.no_grad():
+        before = float(sft.sft_loss(model.train()(sft.sft_batch(pairs, TOK)[0]), *sft.sft_batch(pairs, TOK)[1:]))
+    metrics = tmp_path / "sft.jsonl"
+    metrics.write_text('{"step": 99}\n', encoding="utf-8")  # an older run's file is started over
+    cfg = sft.SFTConfig(steps=30, batch_size=16, lr=3e-3, warmup=2, metrics=str(metrics))
+    history = sft.train_sft(model, pairs, cfg)
     assert history[-1]["loss"] < 0.6 * before and history[-1]["cpu_seconds"] > 0
+    assert read_metrics(metrics) == json.loads(json.dumps(history)) and history[0]["step"] == 0
+    assert [r["lr"] for r in history[1:]] == [train.lr_at(s, cfg) for s in range(cfg.steps)]
     with pytest.raises(ValueError, match="pairs"):
-        grpo.train_sft(model, [], grpo.SFTConfig(steps=1))
+        sft.train_sft(model, [], sft.SFTConfig(steps=1))
     with pytest.raises(ValueError, match="non-empty"):
-        grpo.sft_batch([("", "x")], TOK)
+        sft.sft_batch([("", "x")], TOK)
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
 def test_pass_at_k():
-    assert grpo.pass_at_k(16, 0, 1) == 0.0 and grpo.pass_at_k(16, 16, 4) == 1.0
-    assert grpo.pass_at_k(10, 3, 1) == pytest.approx(0.3)
-    assert grpo.pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)
-    assert grpo.pass_at_k(5, 4, 2) == 1.0  # fewer than k wrong samples: some pair always holds a right one
+    assert evals.pass_at_k(16, 0, 1) == 0.0 and evals.pass_at_k(16, 16, 4) == 1.0
+    assert evals.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert evals.pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)
+    assert evals.pass_at_k(5, 4, 2) == 1.0  # fewer than k wrong samples: some pair always holds a right one
     with pytest.raises(ValueError, match="k"):
-        grpo.pass_at_k(4, 1, 5)
+        evals.pass_at_k(4, 1, 5)
 
 
 def test_majority_vote_and_its_tie_rule():
-    assert grpo.majority_vote([3, 5, 5, None, 3, 5]) == 5
-    assert grpo.majority_vote([3, 5, 5, 3]) == 3  # tie: the first seen wins
-    assert grpo.majority_vote([5, 3, 3, 5]) == 5
-    assert grpo.majority_vote([None, None, 7]) == 7  # unparseable samples do not vote
-    assert grpo.majority_vote([None, None]) is None and grpo.majority_vote([]) is None
-    assert grpo.cons_at_k([3, 5, 5, 3], 3) == 1.0 and grpo.cons_at_k([5, 3, 3, 5], 3) == 0.0
-    assert grpo.cons_at_k([None, None, None], 0) == 0.0
+    assert evals.majority_vote([3, 5, 5, None, 3, 5]) == 5
+    assert evals.majority_vote([3, 5, 5, 3]) == 3  # tie: the first seen wins
+    assert evals.majority_vote([5, 3, 3, 5]) == 5
+    assert evals.majority_vote([None, None, 7]) == 7  # unparseable samples do not vote
+    assert evals.majority_vote([None, None]) is None and evals.majority_vote([]) is None
+    assert evals.cons_at_k([3, 5, 5, 3], 3) == 1.0 and evals.cons_at_k([5, 3, 3, 5], 3) == 0.0
+    assert evals.cons_at_k([None, None, None], 0) == 0.0
 
 
 def test_evaluate_reports_consistent_numbers():
     model = tiny_model(rows=32)
     task_list = data.tasks(6, max_digits=1, seed=0)
-    out = grpo.evaluate(model, task_list, k=4, max_new_tokens=12)
+    out = evals.evaluate(model, task_list, k=4, max_new_tokens=12)
     assert set(out) >= {"greedy", "pass@1", "pass@4", "cons@4", "format", "per_task", "samples"}
     assert 0 <= out["pass@1"] <= out["pass@4"] <= 1 and len(out["samples"]) == 6
     assert all(len(s) == 4 for s in out["samples"])
@@ -386,7 +395,7 @@ def test_a_short_seeded_run_raises_the_reward(tmp_path):
     history = grpo.train_grpo(tiny_model(), task_list, _cfg(metrics=str(tmp_path / "m.jsonl")), score=_scorer)
     rewards = [r["reward"] for r in history[1:]]
     assert sum(rewards[-3:]) / 3 > 3 * max(0.02, sum(rewards[:3]) / 3)
-    rows = grpo.read_metrics(tmp_path / "m.jsonl")
+    rows = read_metrics(tmp_path / "m.jsonl")
     assert rows == json.loads(json.dumps(history))
     for key in ("reward", "accuracy", "format", "consistency", "completion_length", "kl", "clip_fraction",
                 "zero_variance", "cpu_seconds", "lr", "loss"):
@@ -418,16 +427,18 @@ def test_resume_continues_the_same_run(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         grpo.train_grpo(tiny_model(), task_list, cfg, score=interrupted)
-    assert len(grpo.read_metrics(tmp_path / "m.jsonl")) == 5  # step 0 (evaluation) + 4 steps
+    assert len(read_metrics(tmp_path / "m.jsonl")) == 5  # step 0 (evaluation) + 4 steps
     resumed_model = tiny_model(seed=123)  # other weights: everything must come from the checkpoint
     resumed = grpo.train_grpo(resumed_model, task_list, cfg, score=_scorer)
     strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
     assert strip(resumed) == strip(straight)
     assert all(torch.equal(a, b) for a, b in zip(resumed_model.state_dict().values(),
                                                   straight_model.state_dict().values()))
-    assert strip(grpo.read_metrics(tmp_path / "m.jsonl")) == strip(straight)
-    with pytest.raises(ValueError, match="another GRPOConfig"):
-        grpo.train_grpo(tiny_model(), task_list, _cfg(steps=7, checkpoint=cfg.checkpoint), score=_scorer)
+    assert strip(read_metrics(tmp_path / "m.jsonl")) == strip(straight)
+    assert torch.load(cfg.checkpoint, weights_only=False)["format"] == grpo.KIND
+    with pytest.raises(CheckpointError, match=r"run\.pt was written with another GRPOConfig \(lr: 0\.01 -> 0\.02; "
+                                              r"steps: 6 -> 7\)"):
+        grpo.train_grpo(tiny_model(), task_list, _cfg(steps=7, lr=2e-2, checkpoint=cfg.checkpoint), score=_scorer)
 
 
 def test_zero_variance_groups_are_dropped_or_kept():
@@ -437,6 +448,19 @@ def test_zero_variance_groups_are_dropped_or_kept():
     assert dropped[1]["zero_variance"] == 1.0 and dropped[1]["kept_rows"] == 0 and dropped[1]["grad_norm"] == 0.0
     kept = grpo.train_grpo(tiny_model(), task_list, _cfg(steps=2, drop_zero_variance=False), score=constant)
     assert kept[1]["kept_rows"] == 32 and kept[1]["loss"] == 0.0
+
+
+def test_with_a_kl_penalty_zero_variance_groups_stay_and_feel_the_reference():
+    """β > 0: groups without signal are kept (advantage 0), so the KL term still pulls them towards π_ref."""
+    constant = lambda completion, task: {"accuracy": 1.0, "format": 1.0, "consistency": 1.0}  # noqa: E731
+    task_list = data.tasks(20, seed=0)
+    cfg = _cfg(steps=2, beta=0.1, warmup=1, min_lr_ratio=0.1)
+    history = grpo.train_grpo(tiny_model(), task_list, cfg, score=constant, ref=tiny_model(seed=7))
+    assert all(r["zero_variance"] == 1.0 and r["kept_rows"] == 32 for r in history[1:])
+    assert history[1]["kl"] > 0 and history[1]["grad_norm"] > 0 and history[1]["loss"] > 0  # the loss is β·KL alone
+    assert [r["lr"] for r in history[1:]] == [train.lr_at(s, cfg) for s in range(cfg.steps)]
+    no_kl = grpo.train_grpo(tiny_model(), task_list, replace(cfg, beta=0.0), score=constant, ref=tiny_model(seed=7))
+    assert no_kl[1]["kept_rows"] == 0 and no_kl[1]["grad_norm"] == 0.0
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -456,4 +480,18 @@ def test_trainer_rejects_a_cache_smaller_than_the_group():
         grpo.train_grpo(tiny_model(), data.tasks(2), _cfg())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        grpo.cosine_lr(0, 10, 1e-3)
+        train.lr_at(0, grpo.GRPOConfig(steps=10, lr=1e-3))
+
+
+def test_grpo_still_names_what_moved_to_its_neighbours():
+    from dslab import checkpoint
+
+    homes = {sampling: ("top_p_filter", "sample_next", "Rollout", "cache_rows", "generate", "rollout"),
+             evals: ("pass_at_k", "majority_vote", "cons_at_k", "encode_prompts", "sample_answers", "evaluate",
+                     "greedy_accuracy"),
+             sft: ("sft_loss", "sft_batch", "SFTConfig", "train_sft"), checkpoint: ("read_metrics", "CheckpointError")}
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(grpo, name) is getattr(module, name) and name in grpo.__all__, name
+    assert all(hasattr(grpo, name) for name in grpo.__all__)
+    assert not hasattr(grpo, "cosine_lr")  # one schedule: dslab.train.lr_at

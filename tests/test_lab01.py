@@ -138,14 +138,15 @@ def _tiny():
 
 def test_aux_free_lowers_max_vio_and_aux_loss_is_logged():
     tok, train_ids, val_ids, args = _tiny()
-    cfg = TrainConfig(steps=16, batch_size=2, block_size=32, warmup=2, eval_every=16, eval_batches=1, lr=1e-2)
+    cfg = TrainConfig(steps=32, batch_size=2, block_size=32, warmup=2, eval_every=32, eval_batches=1, lr=1e-2)
     none = experiments.train_method(experiments.Method("none"), args, train_ids, val_ids, cfg)
     free = experiments.train_method(experiments.Method("free", gamma=0.05), args, train_ids, val_ids, cfg)
     short = TrainConfig(steps=2, batch_size=2, block_size=32, warmup=1, eval_every=2, eval_batches=1)
     aux = experiments.train_method(experiments.Method("aux", "sequence", alpha=0.01), args, train_ids, val_ids, short)
-    assert none.loads.shape == (16, 1, args.n_routed_experts) and none.vio.shape == (16, 1)
+    assert none.loads.shape == (32, 1, args.n_routed_experts) and none.vio.shape == (32, 1)
     assert int(none.loads[0, 0].sum()) == 2 * 32 * args.n_activated_experts  # every token routed, none dropped
-    assert free.final_max_vio() < none.final_max_vio()
+    # One step's MaxVio is noise at this size; over the second half of the run the bias has pulled the load apart.
+    assert free.vio[16:].mean() < none.vio[16:].mean()
     assert all("extra_loss" in row for row in aux.history) and "extra_loss" not in none.history[0]
     assert float(free.model.moe_layers()[0].gate.bias.abs().sum()) > 0
     assert float(none.model.moe_layers()[0].gate.bias.abs().sum()) == 0
@@ -157,8 +158,8 @@ def test_aux_free_lowers_max_vio_and_aux_loss_is_logged():
 
 def test_same_seed_same_initial_model():
     *_, args = _tiny()
-    a = experiments.build_model(args, experiments.Method("a"), seed=3)
-    b = experiments.build_model(args, experiments.Method("b", "sequence", 0.1), seed=3)
+    a = experiments.balanced_model(args, experiments.Method("a"), seed=3)
+    b = experiments.balanced_model(args, experiments.Method("b", "sequence", 0.1), seed=3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert b.moe_layers()[0].balance_loss == "sequence" and b.moe_layers()[0].alpha == 0.1
 

@@ -142,7 +142,7 @@ def test_training_harness_and_gap():
         float((runs["fp8"].losses[0] - runs["bf16"].losses[0]) / runs["bf16"].losses[0]), rel=1e-5)
     assert torch.allclose(ex.smoothed(torch.tensor([1.0, 3.0, 5.0]), 2), torch.tensor([1.0, 2.0, 4.0]))
     with pytest.raises(ValueError, match="precision"):
-        ex.build_model(args, "int8")
+        ex.precision_model(args, "int8")
 
 
 def test_memory_table_totals():

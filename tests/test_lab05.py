@@ -1,7 +1,7 @@
 """Lab 05 (GRPO): the exercise registry in notebook order, every known mistake fails with its own hint, delegation is
 seen, the lab's draft of 5.2 is the registry's, widgets react, the diagram draws, the frozen RL splits regenerate
-byte-identically, the artifacts script runs at a reduced size, the shipped checkpoints load and score what their
-cards say, and the solution builds into a lab with one stub per exercise."""
+byte-identically, pretraining stops mid-schedule, the artifacts script runs at a reduced size, the shipped checkpoints
+load and score what their cards say, and the solution builds into a lab with one stub per exercise."""
 
 import json
 import random
@@ -13,13 +13,15 @@ import pytest
 import torch
 from lab_helpers import hidden_verdict
 
-from dslab import data, grpo, rewards
+from dslab import data, evals, grpo, rewards, sampling
+from dslab.checkpoint import read_metrics
 from dslab.course import answers
 from dslab.course.build import build_lab
 from dslab.course.check import run_cases
 from dslab.labs import lab05_grpo
 from dslab.labs.lab05_grpo import exercises as lab05
 from dslab.labs.lab05_grpo import experiments as ex
+from dslab.labs.lab05_grpo import shipped
 
 EXERCISES = {e.id: e for e in lab05.EXERCISES}
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +68,20 @@ def test_hidden_cases_are_plain_data_seeded_and_varied(exercise):
         random.Random(1))])
     assert answers.to_json([c.args for c in a]) != answers.to_json([c.args for c in b])
     assert hidden_verdict(exercise, exercise.reference) == [None] * len(exercise.hidden_cases(random.Random(0)))
+
+
+def test_only_the_hidden_cases_catch_an_answer_that_accepts_any_scripts_digits():
+    exercise = EXERCISES["05.accuracy_reward"]
+
+    def any_digit(completion, answer):  # the natural regex: \d also matches "٣", and int("٣") == 3
+        blocks = re.findall(r"<answer>(.*?)</answer>", completion, re.DOTALL)
+        m = re.fullmatch(r"\s*(-?\d+)\s*", blocks[-1]) if blocks else None
+        return float(m is not None and int(m[1]) == answer)
+
+    assert run_cases(exercise, any_digit, exercise.public_cases())[0] == "passed"
+    labels = [c.label for c in exercise.hidden_cases(random.Random(0))]
+    failed = [label for label, verdict in zip(labels, hidden_verdict(exercise, any_digit)) if verdict]
+    assert len(failed) == 1 and failed[0].startswith("non-ASCII digits")
 
 
 def test_rewards_accept_bool_and_int_but_not_strings():
@@ -202,10 +218,27 @@ def test_frozen_rl_splits_regenerate_byte_identically(tmp_path):
 
 
 def test_pretraining_text_never_holds_a_held_out_question():
-    held = ex.held_out_questions()
+    held = data.held_out_questions()
+    assert held == {t.question for name in ("val", "test", "hard") for t in shipped.split(name)}  # the shipped files
+    assert not hasattr(ex, "held_out_questions")  # one meaning per name: dslab.data's
     text = data.pretraining_text(100_000, seed=0, exclude=held)
-    found = set(re.findall(r"(\d+[+-]\d+)=", text))
+    found = set(re.findall(r"([0-9]+[+-][0-9]+)=", text))
     assert found and not found & held
+
+
+def test_pretrain_stops_mid_schedule_and_scores_along_the_way():
+    spec = ex.Pretraining(steps=3, schedule_steps=50, batch_size=2, block_size=32, n_chars=20_000)
+    model, history = ex.pretrain(spec, data.tasks(2, max_digits=1, seed=4), eval_every=2)
+    assert [r["step"] for r in history] == [1, 2, 3] and not model.training
+    assert [("greedy_accuracy" in r) for r in history] == [False, True, True]  # every 2 steps, and the last
+
+
+def test_cold_start_examples_are_seeded_readable_train_split_pairs():
+    pairs = ex.cold_start_examples(8)
+    train = {t.prompt: t for t in shipped.split("train")}
+    assert len(pairs) == 8 and pairs == ex.cold_start_examples(8) and pairs != ex.cold_start_examples(8, seed=1)
+    assert all(p in train and c == data.completion(train[p], "digits") for p, c in pairs)
+    assert not hasattr(ex, "cold_start_pairs")  # that name is dslab.data's (any tasks -> pairs)
 
 
 def test_artifacts_script_runs_at_a_reduced_size(tmp_path):
@@ -214,14 +247,14 @@ def test_artifacts_script_runs_at_a_reduced_size(tmp_path):
     artifacts.main(["base", "--out", str(tmp_path), "--reduced"])
     for size in ("base", "student"):
         card = json.loads((tmp_path / "grpo" / f"{size}.json").read_text())
-        model = ex.load_policy(size, rows=16, path=tmp_path / "grpo" / f"{size}.pt")
+        model = shipped.load_policy(size, rows=16, path=tmp_path / "grpo" / f"{size}.pt")
         assert card["params"] == model.num_params() and card["made_by"].endswith("--reduced")
     artifacts.main(["runs", "r1_zero", "student_distill", "cold_start", "--out", str(tmp_path), "--reduced"])
-    rows = grpo.read_metrics(tmp_path / "grpo" / "runs" / "r1_zero.jsonl")
+    rows = grpo.read_metrics(tmp_path / "grpo" / "runs" / "r1_zero.jsonl")  # still named by grpo
     assert rows[0]["step"] == 0 and rows[-1]["step"] == 2 and "val_accuracy" in rows[-1]
     summary = json.loads((tmp_path / "grpo" / "runs" / "cold_start.summary.json").read_text())
     assert summary["sft_cpu_seconds"] > 0 and {"test", "hard"} <= set(summary)
-    distill = grpo.read_metrics(tmp_path / "grpo" / "runs" / "student_distill.jsonl")
+    distill = read_metrics(tmp_path / "grpo" / "runs" / "student_distill.jsonl")
     assert distill[0]["cpu_seconds"] > 0  # the teacher's sampling counts
 
 
@@ -232,11 +265,11 @@ def test_shipped_checkpoints_load_and_score_what_their_cards_say(name):
     if not path.exists():
         pytest.skip(f"{path} not shipped")
     card = json.loads(path.with_suffix(".json").read_text())
-    model = ex.load_policy(name, rows=256)
+    model = shipped.load_policy(name, rows=256)
     assert model.num_params() == card["params"]
     if "test_greedy_accuracy" in card:
-        test = ex.split("test")[: card["test_tasks"]]
-        acc, fmt = grpo.greedy_accuracy(model, test, ex.MAX_NEW["test"])
+        test = shipped.split("test")[: card["test_tasks"]]
+        acc, fmt = evals.greedy_accuracy(model, test, ex.MAX_NEW["test"])
         assert acc == pytest.approx(card["test_greedy_accuracy"], abs=0.02)
         assert fmt == pytest.approx(card["test_greedy_format"], abs=0.02)
 
@@ -244,7 +277,7 @@ def test_shipped_checkpoints_load_and_score_what_their_cards_say(name):
 @pytest.mark.skipif(not (SHIPPED / "runs").exists(), reason="no shipped runs")
 def test_shipped_runs_are_complete():
     for name, spec in ex.run_specs().items():
-        rows = grpo.read_metrics(SHIPPED / "runs" / f"{name}.jsonl")
+        rows = read_metrics(SHIPPED / "runs" / f"{name}.jsonl")
         steps = spec.cfg.steps if spec.cfg else ex.DISTILL.steps
         assert rows[0]["step"] == 0 and rows[-1]["step"] == steps, name
         assert all(r["cpu_seconds"] >= 0 for r in rows)
@@ -260,7 +293,7 @@ def test_rejection_sampling_keeps_only_right_readable_completions(monkeypatch):
             [data.completion(t1, tagged=False), data.completion(t1, None)],  # no working: not readable
             [data.completion(t2), data.completion(t2)],  # two right ones: the first is kept
             [data.completion(t3, ["letters"] + ["digits"] * (len(data.working_steps(t3.question)) - 1))]]
-    monkeypatch.setattr(ex.grpo, "sample_answers", lambda *a, **k: outs)
+    monkeypatch.setattr(ex.evals, "sample_answers", lambda *a, **k: outs)
     kept = ex.rejection_sample(None, task_list, k=3)
     assert kept == [(t0.prompt, data.completion(t0)), (t2.prompt, data.completion(t2))]
 
@@ -274,11 +307,23 @@ def test_writing_style():
         steps % 2)))["mixed"]
 
 
+def test_the_grpo_benchmark_times_the_labs_policy():
+    """dslab.bench.grpo may not import the lab, so it keeps its own copy of the base architecture: the same one."""
+    from dslab import configs
+    from dslab.bench import grpo as bench
+
+    fresh = configs.load("tiny-mha").replace(name="lab05-base", vocab_size=data.CharTokenizer().vocab_size,
+                                             **bench.POLICY)
+    assert fresh == ex.policy_args("base")
+    model, source = bench._policy(rows=4)
+    assert model.args == ex.policy_args("base") and sampling.cache_rows(model) == 4, source
+
+
 def test_policy_sizes_and_clone():
     base, student = ex.new_policy("base", rows=16), ex.new_policy("student", rows=16)
     assert student.num_params() < base.num_params() / 2
     copy = ex.clone_policy(base, rows=8)
-    assert grpo.cache_rows(copy) == 8
+    assert sampling.cache_rows(copy) == 8
     assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), base.state_dict().values()))
     with pytest.raises(ValueError, match="size"):
         ex.policy_args("huge")

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 import torch
 
-from dslab import train
+from dslab import capstone, train
 from dslab.course import answers
 from dslab.course.build import build_lab
 from dslab.course.check import run_cases
@@ -95,14 +95,14 @@ def test_block_reference_is_the_models_own_block():
 
 def test_training_step_reference_is_the_trainers_first_step():
     """The exercise's reference and ``dslab.train.train_lm`` take the same first step on the same batch."""
-    cfg = train.preset_config("cpu", **{"model.dim": 32, "model.n_heads": 2, "model.q_lora_rank": 16,
+    cfg = capstone.preset_config("cpu", **{"model.dim": 32, "model.n_heads": 2, "model.q_lora_rank": 16,
                                         "model.kv_lora_rank": 16, "model.qk_nope_head_dim": 8,
                                         "model.qk_rope_head_dim": 8, "model.v_head_dim": 8, "model.inter_dim": 80,
                                         "model.moe_inter_dim": 16, "model.n_layers": 2, "model.max_seq_len": 64,
                                         "model.original_seq_len": 64, "steps": 1, "batch_size": 4,
                                         "block_size": 32, "n_chars": 30_000, "eval_batches": 1, "warmup": 2})
-    train_ids, val_ids = train.corpus_ids(cfg)
-    model = train.build_model(cfg)
+    train_ids, val_ids = capstone.corpus_ids(cfg)
+    model = capstone.init_model(cfg)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     history = train.train_lm(model, train_ids, val_ids, cfg.train)
     x, y = experiments.first_batch(cfg, train_ids)
@@ -128,7 +128,7 @@ def test_preset_choice_and_notebook_config():
     assert experiments.preset_for("cpu") == "cpu" and experiments.preset_for("cuda") == "gpu-small"
     fast = experiments.notebook_config("cpu", fast=True, seed=3)
     assert fast.train.steps == 12 and fast.train.seed == 3 and fast.data_seed == 3
-    assert experiments.notebook_config("cpu").train.steps == train.PRESETS["cpu"].settings["steps"]
+    assert experiments.notebook_config("cpu").train.steps == capstone.PRESETS["cpu"].settings["steps"]
     fast_dir = experiments.run_dir("cpu", 0, fast=True)
     fast_dir.mkdir()
     (fast_dir / "checkpoint.pt").write_text("old")

@@ -41,7 +41,11 @@ def test_forward_validates_tokens():
 def test_lr_schedule_warms_up_then_decays():
     cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
-    assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
+    assert lr_at(99, cfg) == 0.1 * 1.0  # the minimum exactly at the last step, not one step past it
+    assert lr_at(10, cfg) == 1.0 and all(lr_at(s, cfg) > lr_at(s + 1, cfg) for s in range(10, 99))
+    assert lr_at(500, cfg) == 0.1  # past the end (a resumed longer run) it stays at the minimum
+    no_warmup = TrainConfig(steps=2, warmup=0, lr=1.0, min_lr_ratio=0.25)
+    assert [lr_at(s, no_warmup) for s in range(2)] == [1.0, 0.25]
     with pytest.raises(ValueError, match="steps"):
         TrainConfig(steps=0)
 
@@ -73,8 +77,8 @@ def test_training_lowers_the_loss_and_resumes_exactly(corpus, tmp_path):
 
 def test_evaluation_does_not_steer_the_moe_bias(corpus):
     tok, train_ids, val_ids = corpus
-    from dslab.train import evaluate
+    from dslab.train import estimate_loss
 
     model = Transformer(load("tiny-moe").replace(vocab_size=tok.vocab_size))
-    evaluate(model, val_ids, TrainConfig(batch_size=4, block_size=16, eval_batches=2))
+    estimate_loss(model, val_ids, TrainConfig(batch_size=4, block_size=16, eval_batches=2))
     assert all(int(m.step_load.sum()) == 0 for m in model.moe_layers())

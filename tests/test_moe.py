@@ -22,15 +22,6 @@ from dslab.moe import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and immune to OpenMP stalls when the CI machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _args(**kw) -> ModelArgs:
     base = dict(dim=16, moe_inter_dim=8, n_routed_experts=8, n_activated_experts=2, n_shared_experts=1,
                 n_expert_groups=1, n_limited_groups=1, score_func="sigmoid", route_scale=1.0, gate_bias=True)

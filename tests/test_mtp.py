@@ -18,15 +18,6 @@ from dslab.train import TrainConfig, mtp_lm_losses, train_lm
 VOCAB = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Models this small run fastest on one thread (and steadiest on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_args(depth: int = 1, attn: str = "mla", moe: bool = False, vocab: int = VOCAB, **changes) -> ModelArgs:
     """A model small enough to train in a few seconds: width 32, 2 layers (MLA or GQA, dense or MoE)."""
     base = load("tiny-v3" if moe else "tiny-mla").replace(

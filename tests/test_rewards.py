@@ -29,6 +29,15 @@ def test_parse_answer(text, expected):
     assert rewards.parse_answer(text) == expected
 
 
+@pytest.mark.parametrize("digits", ["٣", "٦٢٣", "۶۲۳", "६२३", "６２３", "-٣", "62٣"])
+def test_only_ascii_digits_make_an_answer(digits):
+    """``\\d`` also matches Arabic-Indic, Devanagari or full-width digits, and ``int`` reads them ("٣" is 3): an answer
+    written with them is not the plain integer the format asks for."""
+    assert int(digits) in (3, -3, 623)  # what a \d pattern + int() would accept
+    assert rewards.parse_answer(f"<answer>{digits}</answer>") is None
+    assert rewards.accuracy_reward(f"<think>x</think> <answer>{digits}</answer>", int(digits)) == 0.0
+
+
 def test_accuracy_reward():
     assert rewards.accuracy_reward(GOOD, 623) == 1.0
     assert rewards.accuracy_reward(GOOD, 624) == 0.0

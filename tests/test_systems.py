@@ -75,7 +75,7 @@ def test_timelines_respect_dependencies(schedule, pp, m, comm):
     d = S.Durations(F=1.0, B=2.5, W=0.75, FB=3.0, comm=comm)
     tl = S.simulate(schedule, pp, m, d)
     end = {}  # (event, direction, micro-batch, stage) -> (end time, device)
-    for device in tl.tasks:
+    for device in tl.chunks:
         for a, b in zip(device, device[1:]):
             assert a.end <= b.start + 1e-12  # one thing at a time on a device
         for t in device:
@@ -84,7 +84,7 @@ def test_timelines_respect_dependencies(schedule, pp, m, comm):
                 event = "F" if t.kind == "F" or (t.kind == "F&B" and i == 0) else "W" if t.kind == "W" else "B"
                 assert (event, k, mb, stage) not in end  # each piece of work happens once
                 end[(event, k, mb, stage)] = (t.end, t.device)
-    for device in tl.tasks:
+    for device in tl.chunks:
         for t in device:
             for i, (k, mb, stage) in enumerate(t.parts):
                 forward = t.kind == "F" or (t.kind == "F&B" and i == 0)
@@ -105,7 +105,7 @@ def test_timelines_respect_dependencies(schedule, pp, m, comm):
         if schedule != "1f1b":
             assert ("W", k, mb, s) in end or any(t.kind == "B" and (k, mb, s) in t.parts or
                                                  t.kind == "F&B" and t.parts[1] == (k, mb, s)
-                                                 for dev in tl.tasks for t in dev)
+                                                 for dev in tl.chunks for t in dev)
 
 
 def test_communication_lengthens_the_step():
@@ -202,7 +202,7 @@ def test_gantt_draws():
     fig = S.gantt(tl)
     ax = fig.axes[0]
     boxes = sum(len(c.get_paths()) for c in ax.collections)
-    assert boxes == sum(2 if t.kind == "F&B" else 1 for d in tl.tasks for t in d)
+    assert boxes == sum(2 if t.kind == "F&B" else 1 for d in tl.chunks for t in d)
     assert "DualPipe" in ax.get_title()
 
 

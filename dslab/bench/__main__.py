@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dslab.bench import BENCHMARKS, num_threads, run
+from dslab.bench import BENCHMARKS, run
+from dslab.runtime import num_threads
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,12 @@ import time
 
 import torch
 
+from dslab import accounting as acc
 from dslab.bench import Result, paired_ratios
+from dslab.capstone import preset_config
+from dslab.model import Transformer
+from dslab.runtime import peak_flops, peak_flops_source
+from dslab.train import objective
 
 MEASURED = "0.83x on a lightly loaded 2-core CPU, one thread (0.78x under heavy load), 2026-12-02"
 
@@ -48,9 +53,6 @@ def dense_twin(args):
 
 def _stepper(cfg, args, seed: int = 0):
     """One training step of a fresh model of ``args`` on fixed random tokens, as ``train_lm`` takes it."""
-    from dslab.model import Transformer
-    from dslab.train import objective
-
     torch.manual_seed(seed)
     model = Transformer(args)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
@@ -72,10 +74,6 @@ def _stepper(cfg, args, seed: int = 0):
 
 
 def run(quick: bool = False) -> Result:
-    from dslab import accounting as acc
-    from dslab.runtime import peak_flops, peak_flops_source
-    from dslab.train import preset_config
-
     cfg = preset_config("cpu")
     if quick:
         cfg = cfg.replace(batch_size=4, block_size=64)

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from dslab import fp8
-from dslab.bench import Result, paired_ratios, timeit
+from dslab.bench import Result, paired_ratios
+from dslab.runtime import timeit
 
 
 def _linear_steps(tokens: int, d_in: int, d_out: int, block: int):

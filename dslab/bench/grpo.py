@@ -3,36 +3,54 @@ GRPO steps per second, on the CPU with lab 05's policy (a 0.46M-parameter dense 
 
 The headline is the time to generate 64 new tokens for a batch of 64 rows (4 prompts × G = 16) without a cache
 (the full training-mode forward over prompt + everything generated so far, once per token) divided by the time with
-the KV cache (``dslab.grpo.generate``: one prefill, then one token per row per step). Both decode greedily, so they
-write the same tokens; the agreement is reported. Without a cache each token costs a forward over the whole prefix,
-so the ratio grows with the prefix (here a 53-character prompt plus up to 64 tokens) and with the batch, until the
-cached path's per-step overhead stops mattering.
+the KV cache (``dslab.sampling.generate``: one prefill, then one token per row per step). Both decode greedily, so
+they write the same tokens; the agreement is reported. Without a cache each token costs a forward over the whole
+prefix, so the ratio grows with the prefix (here a 53-character prompt plus up to 64 tokens) and with the batch, until
+the cached path's per-step overhead stops mattering.
 
 Measured 2026-12-02 (shared 2-core CPU, one torch thread, a notebook running on the other core): 17.0x at batch 64
 (9.2 ms against 120 ms per token step), 7.4x at batch 16, 21.2x at batch 256, identical tokens; 7.3 CPU s per default
 GRPO step (0.14 steps/s). GRPO steps per second are reported for the lab's default step (32 prompts × 16
 completions, up to 64 new tokens, one update), from the shipped base checkpoint when it exists.
+
+Like every benchmark it is built from components only (``dslab.model``, ``dslab.configs``, ``dslab.data``,
+``dslab.sampling``, ``dslab.grpo``) and ``dslab.runtime``: labs call benchmarks, never the other way round.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
-from dslab import data, grpo
-from dslab.bench import Result, paired_ratio, timeit
+import dslab
+from dslab import configs, data, grpo, sampling
+from dslab.bench import Result, paired_ratio
+from dslab.model import Transformer
+from dslab.runtime import timeit
 
 NEW_TOKENS = 64
+BASE = Path(dslab.__file__).resolve().parents[1] / "datasets" / "grpo" / "base.pt"  # lab 05's shipped base + card
+# Lab 05's "base" architecture (a dense transformer with MHA, prompt + completion <= 160 characters), for a fresh
+# model when no checkpoint is shipped.
+POLICY = dict(dim=96, n_heads=4, n_kv_heads=4, head_dim=24, inter_dim=256, n_layers=4, n_dense_layers=4,
+              max_seq_len=160, original_seq_len=160)
 
 
-def _policy(rows: int):
-    from dslab.labs.lab05_grpo import experiments
-
-    try:
-        return experiments.load_policy("base", rows=rows), "shipped base checkpoint"
-    except FileNotFoundError:
-        return experiments.new_policy("base", rows=rows), "random initialisation (no shipped checkpoint)"
+def _policy(rows: int) -> tuple[Transformer, str]:
+    """Lab 05's base policy with caches of ``rows`` rows: the shipped checkpoint (the architecture its card names,
+    float16 weights back to float32), else a seeded fresh model of the same shape."""
+    if BASE.exists():
+        card = json.loads(BASE.with_suffix(".json").read_text(encoding="utf-8"))
+        model = Transformer(configs.ModelArgs.from_dict(card["args"]), max_batch_size=rows)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in torch.load(BASE, weights_only=True, map_location="cpu").items()})
+        return model.eval(), "shipped base checkpoint"
+    torch.manual_seed(0)
+    args = configs.load("tiny-mha").replace(name="lab05-base", vocab_size=data.CharTokenizer().vocab_size, **POLICY)
+    return Transformer(args, max_batch_size=rows).eval(), "random initialisation (no shipped checkpoint)"
 
 
 @torch.no_grad()
@@ -55,7 +73,7 @@ def measure(prompts: int = 4, G: int = 16, new_tokens: int = NEW_TOKENS, rounds:
     tok = data.CharTokenizer()
     three_digit = [t for t in data.tasks(200, seed=3) if len(t.question) == 7][:prompts]  # prompts of equal length
     ids = torch.tensor([tok.encode(t.prompt) for t in three_digit])
-    cached = lambda: grpo.generate(model, ids, G, new_tokens, (), temperature=0.0)  # noqa: E731
+    cached = lambda: sampling.generate(model, ids, G, new_tokens, (), temperature=0.0)  # noqa: E731
     recompute = lambda: recompute_generate(model, ids, G, new_tokens)  # noqa: E731
     same = float((cached().ids == recompute()).float().mean())
     ms = {"cached": 1e3 * timeit(cached, repeats=rounds) / new_tokens,
@@ -66,11 +84,10 @@ def measure(prompts: int = 4, G: int = 16, new_tokens: int = NEW_TOKENS, rounds:
 
 def grpo_steps_per_second(prompts: int = 32, G: int = 16, steps: int = 2) -> dict:
     """Seconds per GRPO step (rollout + rewards + one update) at the lab's defaults, CPU and wall."""
-    from dslab.labs.lab05_grpo import experiments
-
     model, source = _policy(256)
-    cfg = experiments.r1_zero_config(steps=steps, prompts_per_step=prompts, num_generations=G, eval_tasks=0,
-                                     drop_zero_variance=False)
+    # lab 05's R1-Zero step (accuracy + 0.1·format, no KL, ε = 0.2, lr 3e-4), every group kept: steps cost alike
+    cfg = grpo.GRPOConfig(steps=steps, prompts_per_step=prompts, num_generations=G, lr=3e-4, eval_tasks=0,
+                          reward_weights={"accuracy": 1.0, "format": 0.1}, drop_zero_variance=False)
     task_list = data.tasks(max(prompts, 64), seed=5)
     c, w = time.process_time(), time.perf_counter()
     history = grpo.train_grpo(model, task_list, cfg, desc="bench")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from dslab.bench import Result, num_threads, paired_ratio, timeit
+from dslab.bench import Result, paired_ratio
 from dslab.configs import ModelArgs
 from dslab.mla import MLA, cache_elements_per_layer, expand_latent, latent_cache_step
+from dslab.runtime import num_threads, timeit
 
 BATCH = 4
 

@@ -17,11 +17,12 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from dslab.bench import Result, paired_ratios, timeit
+from dslab.bench import Result, paired_ratios
 from dslab.configs import ModelArgs
 from dslab.dispatch import CPU_BLOCK_BYTES, uses_torch_grouped_mm
 from dslab.moe import MoE, max_vio
 from dslab.nn import MLP
+from dslab.runtime import timeit
 
 DIM, EXPERT_HIDDEN, N_ROUTED, TOP_K, N_SHARED = 512, 128, 64, 6, 1
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_grouped_mm")  # self time: nested calls not counted twice

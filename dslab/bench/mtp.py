@@ -42,11 +42,11 @@ import torch
 from torch import nn
 
 from dslab import configs
-from dslab.bench import Result, num_threads
+from dslab.bench import Result
 from dslab.data import corpus_tensors
 from dslab.model import Transformer
 from dslab.mtp import expected_speedup, speculative_generate
-from dslab.runtime import seed_everything
+from dslab.runtime import num_threads, seed_everything
 from dslab.train import TrainConfig, train_lm
 
 STEPS, QUICK_STEPS, BATCH = 600, 40, 8  # 8 windows of 160 tokens per step

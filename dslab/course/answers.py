@@ -20,12 +20,15 @@ import math
 import signal
 import sys
 import threading
+import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from dslab.configs import ModelArgs
+from dslab.course.manifest import write_atomic
 
 MAX_BYTES = 8_000_000  # one encoded answer; a larger one is refused before it is parsed
 DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16,
@@ -237,18 +240,8 @@ def answer_all(namespace: dict, request: dict, seconds: float, on_progress=None)
 def grade_cell(namespace: dict, payload: str, seconds: float, path: str) -> None:
     """The grading cell (kernel side): decode the request the executor placed in the cell, answer it, and keep the
     answers in ``path`` after every exercise (written atomically). Prints one line."""
-    import base64 as b64
-    import os
-    import zlib
-
-    request = json.loads(zlib.decompress(b64.b64decode(payload)))
-
-    def save(answers: dict) -> None:
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(answers, f)
-        os.replace(path + ".tmp", path)
-
-    answers = answer_all(namespace, request, seconds, save)
+    request = json.loads(zlib.decompress(base64.b64decode(payload)))
+    answers = answer_all(namespace, request, seconds, lambda answers: write_atomic(Path(path), json.dumps(answers)))
     print(f"dslab grader: answers collected for {len(answers)} exercise(s)")
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import nbformat
 
+from dslab.course.build import normalize, notebook_text
 from dslab.course.exercises import lab_modules, lab_packages
-from dslab.course.run import RUNS_FILE
 
 MAP = re.compile(r"(<!-- dslab:course-map -->).*?(<!-- /dslab:course-map -->)", re.S)
 WORKSHOP = re.compile(r"(<!-- dslab:workshop -->).*?(<!-- /dslab:workshop -->)", re.S)
 TIME = re.compile(r"(<!-- dslab:time -->).*?(<!-- /dslab:time -->)", re.S)
+RUNS_FILE = "runs.json"  # in solutions/, written by ``python -m dslab run --record``
 
 
 def _duration(seconds: float | None) -> str:
@@ -29,6 +30,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def load_runs(solutions: Path) -> dict:
+    """solutions/runs.json: notebook stem -> {"defaults" | "fast" | "gpu": {seconds, machine, numbers}}; {} before
+    the first ``--record``."""
     path = solutions / RUNS_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
@@ -99,8 +102,6 @@ def header_time(r: dict) -> str:
 
 def _retime(path: Path, text: str) -> str | None:
     """The notebook's normalized text with its time line set to ``text`` (None when the notebook has no marker)."""
-    from dslab.course.build import normalize, notebook_text
-
     nb = nbformat.read(path, as_version=4)
     cell = next((c for c in nb.cells if c.cell_type == "markdown"), None)
     if cell is None or not TIME.search(cell.source):

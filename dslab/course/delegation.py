@@ -15,7 +15,7 @@ import ast
 from dslab.course.answers import lookup
 
 
-def _clean(source: str) -> str:
+def without_magics(source: str) -> str:
     """Cell source with IPython-only lines (magics, shell escapes) blanked, so it parses as Python."""
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
 
@@ -102,7 +102,7 @@ def static_delegation(sources: list[str], target: str, forbidden: tuple[str, ...
     scan = _Scan(tuple(forbidden))
     for source in sources:
         try:
-            scan.module(ast.parse(_clean(source)))
+            scan.module(ast.parse(without_magics(source)))
         except SyntaxError:
             continue
     binding = scan.bindings.get(target)

@@ -11,14 +11,15 @@ The PNG is rendered deterministically (fixed dpi, no timestamp), so re-running c
 from __future__ import annotations
 
 import base64
-import importlib
 import io
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import nbformat
 
-from dslab.course.exercises import lab_packages
+from dslab.course.build import normalize, notebook_text
+from dslab.course.exercises import lab_packages, lab_submodules
 
 DPI = 110
 _REF = re.compile(r"\(attachment:([\w.-]+)\)")
@@ -26,8 +27,6 @@ _REF = re.compile(r"\(attachment:([\w.-]+)\)")
 
 def render(fig) -> bytes:
     """A figure as PNG bytes, the same bytes on every run of the same code and library versions."""
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight", facecolor="white")
     plt.close(fig)
@@ -36,16 +35,8 @@ def render(fig) -> bytes:
 
 def lab_diagrams() -> dict[str, dict]:
     """Notebook stem -> {attachment name: draw function}, for every lab package with a ``diagrams`` module."""
-    found = {}
-    for package in lab_packages().values():
-        try:
-            module = importlib.import_module(f"{package.__name__}.diagrams")
-        except ModuleNotFoundError as e:
-            if e.name != f"{package.__name__}.diagrams":
-                raise
-            continue
-        found[package.NOTEBOOK] = dict(module.DIAGRAMS)
-    return found
+    packages = lab_packages()
+    return {packages[lab].NOTEBOOK: dict(module.DIAGRAMS) for lab, module in lab_submodules("diagrams").items()}
 
 
 def references(nb: nbformat.NotebookNode) -> dict[str, int]:
@@ -80,8 +71,6 @@ def missing_attachments(nb: nbformat.NotebookNode) -> list[str]:
 
 def update(solutions: Path) -> list[str]:
     """Re-render every lab's diagrams into its solution notebook; returns "stem: name" for each one that changed."""
-    from dslab.course.build import normalize, notebook_text
-
     changed = []
     for stem, diagrams in sorted(lab_diagrams().items()):
         path = solutions / f"{stem}.ipynb"

@@ -16,7 +16,7 @@ def _python() -> tuple[bool, str]:
 
 
 def _torch() -> tuple[bool, str]:
-    import torch
+    import torch  # in the probe: a missing or broken torch is what doctor reports
 
     from dslab.runtime import pick_device
 

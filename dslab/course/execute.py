@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import zlib
+from pathlib import Path
 
 import nbformat
 import papermill
@@ -29,11 +30,13 @@ from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.utils import merge_kwargs, remove_args
 
+from dslab.course.manifest import write_atomic
 from dslab.course.sandbox import become_subreaper, kill_descendants, make_undumpable
 
 MAX_OUTPUT_BYTES = 2_000_000
 MAX_REQUEST_BYTES = 64_000_000
-NOTE = "[dslab grader: further output of this notebook was dropped: more than {:,} bytes]\n"
+DROPPED = "[dslab grader: further output"  # how the grader finds the note below in an executed notebook
+NOTE = DROPPED + " of this notebook was dropped: more than {:,} bytes]\n"
 GRADING_TAG = "dslab-grading"
 PLACEHOLDER = "# dslab grading: the hidden cases are answered here; the verdict is computed outside this kernel"
 ANSWERS = "answers.json"
@@ -53,10 +56,7 @@ def grading_budget(request: dict, call_seconds: float) -> int:
 
 
 def _write_state(path: str, **state) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f)
-    os.replace(tmp, path)
+    write_atomic(Path(path), json.dumps(state))
 
 
 class GradingClient(PapermillNotebookClient):

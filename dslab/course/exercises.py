@@ -18,6 +18,9 @@ from typing import Any
 
 import torch
 
+from dslab import labs
+from dslab.course.answers import from_json
+
 
 @dataclass(frozen=True)
 class Case:
@@ -124,8 +127,6 @@ class Exercise:
 
     def hint_for(self, case: Case, answer_json: str | None) -> str:
         """The hint of the known mistake this (encoded) answer matches on ``case``, else the general hint."""
-        from dslab.course.answers import from_json
-
         try:
             got = from_json(answer_json)
         except Exception:  # noqa: BLE001 - a hint is a courtesy; an odd answer just gets the general one
@@ -141,23 +142,27 @@ class Exercise:
 
 def lab_packages() -> dict[str, Any]:
     """Lab id ("00") -> its package ``dslab.labs.labNN_<slug>``, for every lab package."""
-    from dslab import labs
-
     return {info.name[3:5]: importlib.import_module(f"dslab.labs.{info.name}")
             for info in pkgutil.iter_modules(labs.__path__)
             if info.ispkg and info.name.startswith("lab") and info.name[3:5].isdigit()}
 
 
-def lab_modules() -> dict[str, Any]:
-    """Lab id -> its exercise module (``dslab.labs.labNN_<slug>.exercises``) for every lab that has one."""
+def lab_submodules(name: str) -> dict[str, Any]:
+    """Lab id -> its module ``dslab.labs.labNN_<slug>.<name>``, for every lab that has one (an import error inside
+    such a module is raised, not taken for a missing module)."""
     found = {}
     for lab, package in lab_packages().items():
         try:
-            found[lab] = importlib.import_module(f"{package.__name__}.exercises")
+            found[lab] = importlib.import_module(f"{package.__name__}.{name}")
         except ModuleNotFoundError as e:
-            if e.name != f"{package.__name__}.exercises":
+            if e.name != f"{package.__name__}.{name}":
                 raise
     return found
+
+
+def lab_modules() -> dict[str, Any]:
+    """Lab id -> its exercise module (``dslab.labs.labNN_<slug>.exercises``) for every lab that has one."""
+    return lab_submodules("exercises")
 
 
 def notebook_of(lab: str) -> str:

@@ -8,23 +8,23 @@ verdict, another submission's grade, or the grader. Submissions are only ever re
 ``DIR/<name>.json`` and a row in ``DIR/grades.csv``, written by the grader from its own memory after every process
 the submission started is gone; ``DIR/summary.png`` and ``DIR/report.html`` sum the class up. ``DIR/manifest.json``
 lists each finished report with its hash, so a batch that stopped can be resumed (``--resume``).
+
+This module runs the batch; its parts live beside it: ``sandbox`` (where a submission runs), ``execute`` (the executor
+inside the sandbox), ``scoring`` (cases and verdicts), ``manifest`` (what is written and trusted again) and ``report``
+(grades.csv and the class report).
 """
 
 from __future__ import annotations
 
 import ast
-import csv
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,27 +32,35 @@ from pathlib import Path
 
 import nbformat
 
-import dslab
 from dslab import __version__
 from dslab.course import answers as A
 from dslab.course import report as class_report
-from dslab.course.delegation import static_delegation
-from dslab.course.execute import ANSWERS, GRADING_TAG, PLACEHOLDER, grading_budget
-from dslab.course.exercises import Exercise, exercises, lab_for_notebook, lab_modules, notebook_of
+from dslab.course.delegation import static_delegation, without_magics
+from dslab.course.execute import ANSWERS, DROPPED, GRADING_TAG, PLACEHOLDER, grading_budget
+from dslab.course.exercises import exercises, lab_for_notebook, lab_modules, notebook_of
+from dslab.course.manifest import (
+    GraderChanged,
+    Manifest,
+    load_manifest,
+    package_digest,
+    read_json,
+    write_atomic,
+)
+from dslab.course.report import csv_text, print_table
 from dslab.course.sandbox import (
     become_subreaper,
     bwrap_command,
-    descendants,
     kill_descendants,
+    kill_tree,
     resolve,
     sandbox_env,
     unmaskable,
 )
+from dslab.course.scoring import describe_errors, draw_cases, score
 
 _ASSIGN = {name: re.compile(rf"^{name}\s*(:[^=]*)?=", re.M) for name in ("SEED", "FAST")}
 MAX_STATE_BYTES = 1_000_000
 MAX_EXECUTED_BYTES = 40_000_000
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -78,10 +86,6 @@ class Rejected(Exception):
     def __init__(self, status: str, message: str):
         super().__init__(message)
         self.status = status
-
-
-class GraderChanged(RuntimeError):
-    """The grader's own code or exercise registry changed while a batch ran."""
 
 
 # ------------------------------------------------------------------------------------------------ reading input
@@ -149,7 +153,7 @@ def definitions_only(source: str) -> str | None:
     """The imports, functions and classes of a cell, without its other statements (None if it does not parse):
     what the grader keeps of a cell that killed or hung the kernel, so the exercises it defined still count."""
     try:
-        tree = ast.parse("\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines()))
+        tree = ast.parse(without_magics(source))
     except SyntaxError:
         return None
     keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
@@ -157,91 +161,7 @@ def definitions_only(source: str) -> str | None:
     return "\n".join(k for k in kept if k) or None
 
 
-def draw_cases(exs: list[Exercise], seed: int) -> dict[str, list]:
-    rng = random.Random(seed)
-    return {ex.id: ex.hidden_cases(rng) for ex in exs}
-
-
-# ---------------------------------------------------------------------------------------------------- scoring
-def score(exs: list[Exercise], cases: dict, answers: dict, why_missing: str, delegated: dict[str, list[str]],
-          allow_delegation: bool = False) -> list[dict]:
-    """Compare the learner's answers with the reference, here in the grader's process."""
-    rows = []
-    for ex in exs:
-        got, passed, message = answers.get(ex.id), 0, ""
-        results = got.get("results", []) if isinstance(got, dict) else []
-        called = sorted({name for r in results if isinstance(r, dict) for name in r.get("called", [])})
-        uses = sorted(set(delegated.get(ex.id, [])) | set(called))
-        if got is None:
-            message = why_missing
-        elif not isinstance(got, dict) or "missing" in got:
-            message = str(got.get("missing")) if isinstance(got, dict) else "unreadable answers"
-        else:
-            for case, res in zip(cases[ex.id], results):
-                diff = A.judge(ex, case, res) if isinstance(res, dict) else "unreadable answer"
-                if diff is None:
-                    passed += 1
-                elif not message:
-                    message = f"case '{case.label}': {'not implemented' if diff.startswith('NotImpl') else diff}"
-        n = len(cases[ex.id])
-        if isinstance(got, dict) and "missing" not in got and passed == n:
-            message = f"all {n} hidden cases passed"
-        if message.startswith("case") and "not implemented" in message and passed == 0:
-            message = "not implemented"
-        points = round(ex.points * passed / n, 2) if n else 0.0
-        if uses and not allow_delegation:
-            points, message = 0.0, f"uses {', '.join(uses)}, which this exercise may not call (delegation)"
-        rows.append({"id": ex.id, "number": ex.number, "points": points, "max_points": ex.points,
-                     "cases_passed": passed, "cases": n, "message": message, "delegated": uses})
-    return rows
-
-
-def describe_errors(nb: nbformat.NotebookNode | None, memory_mb: int = 0) -> list[str]:
-    """One line per error output in the executed notebook, naming sys.exit(), interrupts and the memory cap plainly."""
-    lines = []
-    for i, cell in enumerate(nb.cells if nb is not None else []):
-        for out in cell.get("outputs", []):
-            if out.get("output_type") != "error":
-                continue
-            name, value = out.get("ename", ""), str(out.get("evalue", ""))[:200]
-            if name == "SystemExit":
-                lines.append(f"cell {i} called sys.exit(); the grader kept going")
-            elif name == "KeyboardInterrupt":
-                lines.append(f"cell {i} was interrupted after the per-cell time limit")
-            elif memory_mb and (name == "MemoryError" or "can't allocate memory" in value):
-                lines.append(f"cell {i} ran out of memory (the grader allows {memory_mb} MiB): {name}: {value[:120]}")
-            elif name != "NotImplementedError":
-                lines.append(f"cell {i} raised {name}: {value}")
-    return lines
-
-
 # ------------------------------------------------------------------------------------------------ one execution
-def _read_json(path: Path, limit: int) -> dict:
-    """A JSON file the submission could have written: size-checked before parsing; {} when absent or unreadable."""
-    try:
-        if not path.is_file() or path.stat().st_size > limit:
-            return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL ``proc`` and everything below it (its process group and every descendant found in /proc)."""
-    victims = descendants(proc.pid)
-    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-        try:
-            kill()
-        except (OSError, ProcessLookupError):
-            pass
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
-
-
 def run_once(nb: nbformat.NotebookNode, work: Path, request: dict, seed: int, limits: Limits, sandbox: str,
              masks: list[Path]) -> tuple[dict, nbformat.NotebookNode | None, dict]:
     """Execute ``nb`` once in ``work`` (inside the sandbox) -> (outcome, executed notebook, answers)."""
@@ -268,9 +188,9 @@ def run_once(nb: nbformat.NotebookNode, work: Path, request: dict, seed: int, li
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
-        _kill_tree(proc)
+        kill_tree(proc)
         proc.wait()
-    state = _read_json(work / "state.json", MAX_STATE_BYTES)
+    state = read_json(work / "state.json", MAX_STATE_BYTES)
     executed = None
     if (work / "executed.ipynb").is_file() and (work / "executed.ipynb").stat().st_size <= MAX_EXECUTED_BYTES:
         try:
@@ -284,7 +204,7 @@ def run_once(nb: nbformat.NotebookNode, work: Path, request: dict, seed: int, li
         outcome = {"status": "crashed", "evalue": f"the executor exited with code {proc.returncode}; see execute.log"}
     else:
         outcome = state if state.get("status") != "running" else {**state, "status": "crashed"}
-    return outcome, executed, _read_json(work / ANSWERS, 4 * A.MAX_BYTES)
+    return outcome, executed, read_json(work / ANSWERS, 4 * A.MAX_BYTES)
 
 
 def execute_with_recovery(nb: nbformat.NotebookNode, work: Path, request: dict, seed: int, limits: Limits,
@@ -328,7 +248,7 @@ def grade_notebook(nb: nbformat.NotebookNode, lab: str, work: Path, seed: int, g
     if status in ("kernel-died", "timeout", "crashed"):
         problems.append(f"{status}: {outcome.get('evalue', '')}".strip())
     problems += describe_errors(executed, limits.memory_mb)
-    if executed is not None and any("[dslab grader: further output" in str(o.get("text", ""))
+    if executed is not None and any(DROPPED in str(o.get("text", ""))
                                     for c in executed.cells for o in c.get("outputs", [])):
         problems.append("the notebook printed more output than the grader keeps; the rest was dropped")
     why_missing = "the grading cell did not run (see problems)" if not answers else "not answered"
@@ -374,27 +294,6 @@ def unique_names(files: list[Path]) -> list[str]:
     return final
 
 
-def package_digest() -> str:
-    """sha256 of the grader's own code and exercise registry (every .py and .json file of the dslab package)."""
-    root = Path(dslab.__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> str:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def report_text(report: dict) -> str:
-    return json.dumps(report, indent=2, sort_keys=True) + "\n"
-
-
 def grade_one(sub: Submission, out: Path, lab: str | None, seed: int, grading_seed: int, limits: Limits,
               sandbox: str, masks: list[Path], warning: str | None, allow_delegation: bool = False) -> dict:
     """Grade one submission -> its report (not yet written); never raises for a bad submission."""
@@ -414,7 +313,7 @@ def grade_one(sub: Submission, out: Path, lab: str | None, seed: int, grading_se
         if executed is not None:
             path = out / "executed" / f"{sub.name}.ipynb"
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, nbformat.writes(executed))
+            write_atomic(path, nbformat.writes(executed))
             report["executed_notebook"] = str(path)
     except Rejected as e:
         report.update(status=e.status, problems=[str(e)], exercises=[])
@@ -440,32 +339,21 @@ def _max_for(lab: str | None) -> int:
         return 0
 
 
-def csv_text(reports: list[dict]) -> str:
-    import io
+@dataclass(frozen=True)
+class Batch:
+    """What every submission of one batch is graded with (``sandbox``: the mode in effect, "bwrap" or "none")."""
 
-    ids = sorted({r["id"] for rep in reports for r in rep.get("exercises", [])})
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["name", "lab", "status", "score", "max_score", "seconds", *ids, "flags", "submission"])
-    for rep in reports:
-        pts = {r["id"]: r["points"] for r in rep.get("exercises", [])}
-        w.writerow([rep["name"], rep.get("lab") or "", rep["status"], rep["score"], rep["max_score"], rep["seconds"],
-                    *[pts.get(i, "") for i in ids], " | ".join(rep.get("flags", [])), rep["submission"]])
-    return buf.getvalue()
-
-
-def print_table(reports: list[dict]) -> None:
-    width = max([len(r["name"]) for r in reports] + [10])
-    print(f"{'submission':<{width}}  lab  {'status':<14} {'score':>11}  seconds  first problem or flag")
-    for r in reports:
-        first = ((r.get("problems") or []) + (r.get("flags") or []) + [""])[0][:70]
-        print(f"{r['name']:<{width}}  {r.get('lab') or '--':<3}  {r['status']:<14} "
-              f"{r['score']:>5g} / {r['max_score']:<3g}  {r['seconds']:>7.1f}  {first}")
-
-
-def _load_manifest(out: Path) -> dict:
-    data = _read_json(out / MANIFEST, 50_000_000)
-    return data if data.get("grader") == "dslab" else {}
+    out: Path
+    lab: str | None
+    seed: int
+    grading_seed: int
+    limits: Limits
+    sandbox: str
+    masks: list[Path]
+    warning: str | None
+    allow_delegation: bool
+    jobs: int
+    digest: str  # package_digest() when the batch started
 
 
 def grade(paths: list[Path], out: Path, lab: str | None = None, seed: int = 0, grading_seed: int | None = None,
@@ -474,80 +362,102 @@ def grade(paths: list[Path], out: Path, lab: str | None = None, seed: int = 0, g
     """Grade a batch; returns the reports (also written to ``out``). Raises GraderChanged (after saving what was
     finished) when the grader's own code changes during the batch."""
     mode, warning = resolve(sandbox)
-    if warning:
-        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    _warn(warning)
     files = expand(paths)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _load_manifest(out) if resume else {}
-    if resume and manifest:
-        if grading_seed is not None and grading_seed != manifest.get("grading_seed"):
-            raise ValueError(f"--resume continues the batch graded with --grading-seed {manifest['grading_seed']}; "
-                             f"got {grading_seed}")
-        grading_seed = manifest["grading_seed"]
+    done, grading_seed = _resumed(out, grading_seed) if resume else ({}, grading_seed)
     grading_seed = random.SystemRandom().randrange(2**31) if grading_seed is None else grading_seed
-    names = unique_names(files)
+    subs = load_submissions(files)
+    masks, mask_warning = _masks(out, files, mode)
+    if mode == "none":
+        become_subreaper()
+    digest = package_digest()
+    batch = Batch(out, lab, seed, grading_seed, limits, mode, masks, mask_warning or warning, allow_delegation, jobs,
+                  digest)
+    manifest = Manifest(out, grading_seed, digest, done)
+    ordered = _grade_all(subs, batch, manifest)
+    manifest.rewrite(ordered)
+    write_atomic(out / "grades.csv", csv_text(ordered))
+    manifest.save()
+    class_report.write(ordered, out)
+    if gradescope:
+        class_report.write_gradescope(ordered, out)
+    return ordered
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+
+
+def _resumed(out: Path, grading_seed: int | None) -> tuple[dict, int | None]:
+    """(finished reports listed in ``out``'s manifest, the grading seed to continue with) for ``--resume``."""
+    manifest = load_manifest(out)
+    if not manifest:
+        return {}, grading_seed
+    if grading_seed is not None and grading_seed != manifest.get("grading_seed"):
+        raise ValueError(f"--resume continues the batch graded with --grading-seed {manifest['grading_seed']}; "
+                         f"got {grading_seed}")
+    return manifest.get("reports", {}), manifest["grading_seed"]
+
+
+def load_submissions(files: list[Path]) -> list[Submission]:
+    """Each file read once into memory (None when unreadable), named uniquely, with its sha256."""
     subs = []
-    for path, name in zip(files, names):
+    for path, name in zip(files, unique_names(files)):
         try:
             data = path.read_bytes()
         except OSError:
             data = None
         subs.append(Submission(path, name, data, hashlib.sha256(data).hexdigest() if data is not None else None))
+    return subs
+
+
+def _masks(out: Path, files: list[Path], mode: str) -> tuple[list[Path], str | None]:
+    """Folders hidden from kernels (the output folder, every folder holding submissions), and a warning naming
+    those that cannot be hidden because the kernel needs them."""
     masks = [out.resolve(), *{p.resolve().parent for p in files}]
-    hidden_masks = unmaskable(masks)
+    hidden_masks, warning = unmaskable(masks), None
     if mode == "bwrap" and hidden_masks:
         warning = (f"cannot hide {', '.join(map(str, hidden_masks))} from kernels (it holds the Python environment or "
                    f"the dslab package): keep submissions and --out in folders of their own")
-        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
-    masks = [m for m in masks if m not in hidden_masks]
-    if mode == "none":
-        become_subreaper()
-    digest = package_digest()
-    done = manifest.get("reports", {}) if manifest else {}
-    manifest = {"grader": "dslab", "grading_seed": grading_seed, "package": digest, "reports": dict(done)}
+        _warn(warning)
+    return [m for m in masks if m not in hidden_masks], warning
+
+
+def _grade_all(subs: list[Submission], batch: Batch, manifest: Manifest) -> list[dict]:
+    """Every submission's report, in ``subs``' order, graded ``batch.jobs`` at a time."""
     reports: dict[str, dict] = {}
-    lock = threading.Lock()
-
-    def finish(report: dict) -> None:
-        with lock:
-            reports[report["name"]] = report
-            sha = _write_atomic(out / f"{report['name']}.json", report_text(report))
-            manifest["reports"][report["name"]] = {"submission_sha256": report["sha256"], "report_sha256": sha}
-            _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-
-    def grade_submission(sub: Submission) -> None:
-        entry = done.get(sub.name, {})
-        if entry and entry.get("submission_sha256") == sub.sha256:
-            saved = out / f"{sub.name}.json"
-            text = saved.read_text(encoding="utf-8") if saved.is_file() else ""
-            if hashlib.sha256(text.encode()).hexdigest() == entry.get("report_sha256"):
-                reports[sub.name] = json.loads(text)
-                return
-        if package_digest() != digest:
-            raise GraderChanged("the dslab package (the grader's code or exercise registry) changed during the batch")
-        report = grade_one(sub, out, lab, seed, grading_seed, limits, mode, masks, warning, allow_delegation)
-        if mode == "none" and jobs == 1:
-            kill_descendants()  # anything the submission left running outside a sandbox
-        if package_digest() != digest:
-            raise GraderChanged(f"the dslab package changed while {sub.name} was graded; its report is not trusted")
-        finish(report)
-
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for future in [pool.submit(grade_submission, s) for s in subs]:
+        with ThreadPoolExecutor(max_workers=max(1, batch.jobs)) as pool:
+            for future in [pool.submit(_grade_submission, s, batch, manifest, reports) for s in subs]:
                 future.result()
     finally:
-        if mode == "none":
+        if batch.sandbox == "none":
             kill_descendants()
-    ordered = [reports[s.name] for s in subs]
-    for report in ordered:  # rewritten from memory, then read back: what is on disk is what was graded
-        sha = _write_atomic(out / f"{report['name']}.json", report_text(report))
-        if hashlib.sha256((out / f"{report['name']}.json").read_bytes()).hexdigest() != sha:
-            raise GraderChanged(f"{out / report['name']}.json changed while being written")
-        manifest["reports"][report["name"]] = {"submission_sha256": report["sha256"], "report_sha256": sha}
-    _write_atomic(out / "grades.csv", csv_text(ordered))
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    class_report.write(ordered, out)
-    if gradescope:
-        class_report.write_gradescope(ordered, out)
-    return ordered
+    return [reports[s.name] for s in subs]
+
+
+def _grade_submission(sub: Submission, batch: Batch, manifest: Manifest, reports: dict[str, dict]) -> None:
+    """Grade one submission into ``reports`` and the manifest, or reuse its report from an earlier run when neither
+    changed; GraderChanged when the grader's package changed before or while it was graded."""
+    saved = manifest.saved_report(sub.name, sub.sha256)
+    if saved is not None:
+        reports[sub.name] = saved
+        return
+    if package_digest() != batch.digest:
+        raise GraderChanged("the dslab package (the grader's code or exercise registry) changed during the batch")
+    report = grade_one(sub, batch.out, batch.lab, batch.seed, batch.grading_seed, batch.limits, batch.sandbox,
+                       batch.masks, batch.warning, batch.allow_delegation)
+    if batch.sandbox == "none" and batch.jobs == 1:
+        kill_descendants()  # anything the submission left running outside a sandbox
+    if package_digest() != batch.digest:
+        raise GraderChanged(f"the dslab package changed while {sub.name} was graded; its report is not trusted")
+    reports[report["name"]] = report
+    manifest.record(report)
+
+
+# the grader's names, including those it takes from its parts (``python -m dslab grade`` and the tests import them here)
+__all__ = ["Batch", "GraderChanged", "Limits", "Rejected", "Submission", "definitions_only", "describe_errors",
+           "draw_cases", "execute_with_recovery", "expand", "grade", "grade_notebook", "grade_one", "load_submissions",
+           "package_digest", "prepare", "print_table", "read_submission", "run_once", "score", "unique_names"]

@@ -9,14 +9,13 @@ import html
 from pathlib import Path
 
 import nbformat
+from nbconvert import HTMLExporter
 
 from dslab.course.exercises import lab_packages
 
 
 def export(solutions: Path, out: Path) -> Path:
     """Write ``out/<notebook>.html`` for every solution and ``out/index.html`` linking them; returns the index."""
-    from nbconvert import HTMLExporter
-
     out.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter(template_name="lab")
     packages = {p.NOTEBOOK: p for p in lab_packages().values()}

@@ -4,6 +4,16 @@ which ``make run`` uses to collect those numbers from an executed notebook."""
 
 from __future__ import annotations
 
+import functools
+
+import dslab
+
+try:  # every kernel has IPython; plain Python without it (a script) prints instead of displaying
+    from IPython import get_ipython
+    from IPython.display import display
+except ImportError:
+    get_ipython = display = None
+
 MIME = "application/vnd.dslab.result+json"
 
 
@@ -16,8 +26,6 @@ def _version(text: str) -> tuple[int, ...]:
 
 def require(version: str) -> None:
     """Raise RuntimeError, with the command that fixes it, when the installed dslab is older than ``version``."""
-    import dslab
-
     if _version(dslab.__version__) < _version(version):
         raise RuntimeError(f"this notebook needs dslab >= {version}, but {dslab.__version__} is installed; "
                            "update it with `make setup` (or `pip install -e .` in the course folder)")
@@ -27,9 +35,8 @@ def yours(fn, fallback):
     """``fn`` (the learner's function) wrapped so that, while it still raises NotImplementedError, calls go to
     ``fallback`` — the package's function, or an exercise id such as "01.route" whose registered reference to use —
     with a one-line note the first time; any other error is the learner's to see."""
-    import functools
-
     if isinstance(fallback, str):
+        # imported here: the registry loads torch and every lab; ``require`` (a notebook's first line) needs neither
         from dslab.course.exercises import find
 
         fallback = find(fallback).reference
@@ -52,8 +59,12 @@ def yours(fn, fallback):
     return call
 
 
-def _fmt(value) -> str:
-    return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+def fmt(value) -> str:
+    """A recorded value as one line shows it (here and in ``make run``): floats to 4 significant digits, ints with
+    thousands separators, anything else (a bool, a string) as is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
 
 
 def record(**numbers) -> None:
@@ -61,16 +72,16 @@ def record(**numbers) -> None:
     for key, value in numbers.items():
         if not isinstance(value, (int, float, str, bool)):
             raise TypeError(f"record() takes numbers or strings; {key} is a {type(value).__name__}")
-    line = "key numbers: " + ", ".join(f"{k}={_fmt(v)}" for k, v in numbers.items())
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:
-        get_ipython = None
+    show("key numbers: " + ", ".join(f"{k}={fmt(v)}" for k, v in numbers.items()), {MIME: numbers})
+
+
+def show(line: str, bundle: dict) -> None:
+    """``line`` printed, or in IPython displayed as text/plain with ``bundle``'s other MIME types beside it (what a
+    front end renders, what ``make run`` and the tests read back)."""
     if get_ipython is None or get_ipython() is None:
         print(line)
     else:
-        display({"text/plain": line, MIME: numbers}, raw=True)
+        display({"text/plain": line, **bundle}, raw=True)
 
 
 def read_records(nb) -> dict:

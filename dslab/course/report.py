@@ -1,18 +1,48 @@
-"""The class report a grading run leaves for its instructor: ``summary.png`` and a self-contained ``report.html``
-(score histogram, pass rate per exercise, the most frequent failure per exercise, submissions that hit a limit or
-carry a flag), and, behind ``--gradescope``, one Gradescope autograder ``results.json`` per submission.
+"""The class report a grading run leaves for its instructor: ``grades.csv`` (one row per submission, one column per
+exercise), the table printed at the end, ``summary.png`` and a self-contained ``report.html`` (score histogram, pass
+rate per exercise, the most frequent failure per exercise, submissions that hit a limit or carry a flag), and, behind
+``--gradescope``, one Gradescope autograder ``results.json`` per submission.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
+import json
 import re
 from collections import Counter
 from pathlib import Path
 
+from dslab import plots
+from dslab.course.diagrams import render
+
 LIMITS = ("timeout", "crashed", "kernel-died", "too-large")
 LIMIT_WORDS = ("ran out of memory", "did not finish", "more output", "ended the kernel", "Timeout")
+
+
+def csv_text(reports: list[dict]) -> str:
+    """``grades.csv``: one row per submission, one column of points per exercise any submission was graded on."""
+    ids = sorted({r["id"] for rep in reports for r in rep.get("exercises", [])})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["name", "lab", "status", "score", "max_score", "seconds", *ids, "flags", "submission"])
+    for rep in reports:
+        pts = {r["id"]: r["points"] for r in rep.get("exercises", [])}
+        w.writerow([rep["name"], rep.get("lab") or "", rep["status"], rep["score"], rep["max_score"], rep["seconds"],
+                    *[pts.get(i, "") for i in ids], " | ".join(rep.get("flags", [])), rep["submission"]])
+    return buf.getvalue()
+
+
+def print_table(reports: list[dict]) -> None:
+    """One line per submission on standard output: lab, status, score, seconds, its first problem or flag."""
+    width = max([len(r["name"]) for r in reports] + [10])
+    print(f"{'submission':<{width}}  lab  {'status':<14} {'score':>11}  seconds  first problem or flag")
+    for r in reports:
+        first = ((r.get("problems") or []) + (r.get("flags") or []) + [""])[0][:70]
+        print(f"{r['name']:<{width}}  {r.get('lab') or '--':<3}  {r['status']:<14} "
+              f"{r['score']:>5g} / {r['max_score']:<3g}  {r['seconds']:>7.1f}  {first}")
 
 
 def summarize(reports: list[dict]) -> dict:
@@ -50,8 +80,6 @@ def _generic(message: str) -> str:
 
 def summary_figure(summary: dict):
     """Score histogram and pass rate per exercise, side by side."""
-    from dslab import plots
-
     fig, (ax1, ax2) = plots.figure(2, width=5.0, height=3.4)
     fractions = [s / m for _, s, m in summary["scores"] if m]
     ax1.hist(fractions, bins=[i / 10 for i in range(11)], color="C0", edgecolor="white")
@@ -66,8 +94,6 @@ def summary_figure(summary: dict):
 
 def write(reports: list[dict], out: Path) -> tuple[Path, Path]:
     """Write ``out/summary.png`` and ``out/report.html``; returns their paths."""
-    from dslab.course.diagrams import render
-
     summary = summarize(reports)
     png = render(summary_figure(summary))
     (out / "summary.png").write_bytes(png)
@@ -116,8 +142,6 @@ def gradescope_results(report: dict) -> dict:
 def write_gradescope(reports: list[dict], out: Path) -> list[Path]:
     """``out/gradescope/<name>/results.json`` for each submission (a Gradescope autograder copies one into
     /autograder/results/)."""
-    import json
-
     paths = []
     for r in reports:
         path = out / "gradescope" / r["name"] / "results.json"

@@ -14,15 +14,16 @@ import time
 from pathlib import Path
 
 import nbformat
+import papermill
+import torch
 
 from dslab.course.build import normalize, notebook_text
-from dslab.course.notebook import read_records
+from dslab.course.coursemap import RUNS_FILE, load_runs
+from dslab.course.notebook import fmt, read_records
 
 
 def run_notebook(path: Path, dst: Path, params: dict, cell_timeout: int = 1800) -> tuple[str, float, dict]:
     """Run one notebook -> (status, seconds, recorded numbers)."""
-    import papermill
-
     os.environ.update(DSLAB_HEADLESS="1", TQDM_DISABLE="1")
     t0, status = time.perf_counter(), "ok"
     try:
@@ -35,13 +36,8 @@ def run_notebook(path: Path, dst: Path, params: dict, cell_timeout: int = 1800) 
     return status, seconds, numbers
 
 
-RUNS_FILE = "runs.json"
-
-
 def machine() -> str:
     """This machine in a few words: CPU model, cores, torch build (what a recorded time was measured on)."""
-    import torch
-
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -56,10 +52,10 @@ def machine() -> str:
 
 def record_run(solutions: Path, stem: str, mode: str, seconds: float, numbers: dict) -> None:
     """Keep one lab's measured time and key numbers under ``mode`` ("defaults" or "fast") in solutions/runs.json."""
-    path = solutions / RUNS_FILE
-    runs = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    runs = load_runs(solutions)
     runs.setdefault(stem, {})[mode] = {"seconds": round(seconds, 1), "machine": machine(), "numbers": numbers}
-    path.write_text(json.dumps(runs, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(runs, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    (solutions / RUNS_FILE).write_text(text, encoding="utf-8")
 
 
 def run(solutions: Path, out: Path, names: list[str], fast: bool | None, update: bool, record: bool = False) -> int:
@@ -74,7 +70,7 @@ def run(solutions: Path, out: Path, names: list[str], fast: bool | None, update:
         dst = out / path.name
         status, seconds, numbers = run_notebook(path, dst, params)
         failures += status != "ok"
-        summary = ", ".join(f"{k}={v:,.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items())
+        summary = ", ".join(f"{k}={fmt(v)}" for k, v in numbers.items())
         print(f"{path.stem:<24} {status:<6} {seconds:6.1f}s  {summary}", flush=True)
         if record and status == "ok":
             record_run(solutions, path.stem, "fast" if fast else "defaults", seconds, numbers)

@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dslab
+
 MODES = ("auto", "bwrap", "none")
 PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
 NOBODY = 65534
@@ -82,8 +84,6 @@ def bwrap_command(cmd: list[str], work: Path, masks: list[Path], env: dict[str, 
 def _needed_under_tmp() -> list[Path]:
     """What the kernel needs to run (the Python environment, its base interpreter, the course checkout holding the
     dslab package) that lies under /tmp, outermost first."""
-    import dslab
-
     tmp = Path("/tmp")
     needed = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(dslab.__file__).resolve().parents[1]}
     inside = [p for p in needed if tmp in p.parents]
@@ -102,8 +102,6 @@ def sandbox_env(work: Path) -> dict[str, str]:
 
 def unmaskable(masks: list[Path]) -> list[Path]:
     """Masks that would also hide what the kernel needs to run (the Python environment or the dslab package)."""
-    import dslab
-
     needed = [Path(sys.prefix).resolve(), Path(dslab.__file__).resolve().parent]
     return [m for m in masks if any(m.resolve() == n or m.resolve() in n.parents for n in needed)]
 
@@ -153,15 +151,33 @@ def kill_descendants(pid: int | None = None, rounds: int = 5) -> int:
         victims = descendants(pid)
         if not victims:
             break
-        for p in victims:
-            try:
-                os.kill(p, signal.SIGKILL)
-                killed += 1
-            except (ProcessLookupError, PermissionError):
-                pass
+        killed += _sigkill(victims)
         for p in victims:
             try:
                 os.waitpid(p, os.WNOHANG)
             except ChildProcessError:
                 pass
+    return killed
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and everything below it (its process group and every descendant found in /proc)."""
+    victims = descendants(proc.pid)  # listed first: once ``proc`` is dead its children no longer show below it
+    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+        try:
+            kill()
+        except OSError:
+            pass
+    _sigkill(victims)
+
+
+def _sigkill(pids: list[int]) -> int:
+    """SIGKILL each of ``pids``; returns how many signals were delivered (a process already gone is skipped)."""
+    killed = 0
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except OSError:
+            pass
     return killed

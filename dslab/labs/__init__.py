@@ -13,7 +13,9 @@ The house rule, which every lab follows so that a newcomer finds everything of l
 - ``widgets.py`` holds the lab's explorers: pure functions ``fn(**values) -> (numbers, figure)`` and the controls
   that ``dslab.widgets.explore`` wraps around them;
 - ``diagrams.py`` (where a lab has drawn diagrams) draws the pictures embedded in the notebook's markdown
-  (``python -m dslab diagrams`` re-renders them).
+  (``python -m dslab diagrams`` re-renders them);
+- ``artifacts.py`` (where a lab ships runs or checkpoints in datasets/) is the script that made them, and
+  ``shipped.py`` (lab 05) reads them back for the notebook.
 
 Lab code is built only on the components' public API (``dslab.moe``, ``dslab.mla``, ...; names without a leading
 underscore). Components never import lab code, and the course tooling (``dslab.course``) finds labs by this layout,

@@ -65,7 +65,7 @@ class RunResult:
         return float(self.vio[-n:].mean())
 
 
-def build_model(args: ModelArgs, method: Method, dispatch: str = "grouped", seed: int = 0) -> Transformer:
+def balanced_model(args: ModelArgs, method: Method, dispatch: str = "grouped", seed: int = 0) -> Transformer:
     """A freshly initialised ``Transformer(args)`` (same weights for every method at the same seed) whose MoE layers
     use ``dispatch`` and ``method``'s balance loss and α."""
     torch.manual_seed(seed)
@@ -82,7 +82,7 @@ def train_method(method: Method, args: ModelArgs, train_ids: torch.Tensor, val_i
     The bias update (``Transformer.update_bias``) uses the load of the step's whole training batch, as V3 monitors
     "the expert load on the whole batch of each training step"; evaluation batches never count.
     """
-    model = build_model(args, method, dispatch, seed)
+    model = balanced_model(args, method, dispatch, seed)
     layers: list[MoE] = model.moe_layers()
     loads: list[torch.Tensor] = []
 
@@ -159,7 +159,7 @@ def time_dispatch(args: ModelArgs, dispatch: str, batch_size: int = 16, block_si
                   repeats: int = 3, seed: int = 0) -> float:
     """Median milliseconds of one forward + backward of the whole tiny model with ``dispatch``, [B, S] tokens."""
     torch.manual_seed(seed)
-    model = build_model(args, Method("timing"), dispatch, seed)
+    model = balanced_model(args, Method("timing"), dispatch, seed)
     x = torch.randint(args.vocab_size, (batch_size, block_size), generator=torch.Generator().manual_seed(seed))
     times = []
     for _ in range(repeats + 1):  # the first call warms up allocators and kernels
@@ -287,6 +287,6 @@ def v3_training_steps() -> dict[str, float]:
             "tokens_per_step_at_full_batch": seq * end}
 
 
-__all__ = ["CHAR_CLASSES", "Method", "RouterSim", "RunResult", "balance_tradeoff", "build_model", "char_class",
+__all__ = ["CHAR_CLASSES", "Method", "RouterSim", "RunResult", "balance_tradeoff", "balanced_model", "char_class",
            "collapsed_max_vio", "moe_forward_reference", "swiglu",
            "routing_by_class", "seed_sweep", "simulate_router", "time_dispatch", "train_method", "v3_training_steps"]

@@ -253,7 +253,7 @@ def linear_gradient_errors(tokens: int = 512, d_in: int = 512, d_out: int = 256,
     return out
 
 
-PRECISIONS = {"fp32": None, "bf16": {"fmt": "bf16", "grad_fmt": "bf16"}, "fp8": {"fmt": "e4m3", "grad_fmt": "e4m3"}}
+EMULATED = {"fp32": None, "bf16": {"fmt": "bf16", "grad_fmt": "bf16"}, "fp8": {"fmt": "e4m3", "grad_fmt": "e4m3"}}
 
 
 @dataclass
@@ -268,14 +268,14 @@ class PrecisionRun:
     converted: list[str] = field(default_factory=list)
 
 
-def build_model(args: ModelArgs, precision: str, block: int = 32, seed: int = 0) -> tuple[Transformer, list[str]]:
+def precision_model(args: ModelArgs, precision: str, block: int = 32, seed: int = 0) -> tuple[Transformer, list[str]]:
     """A freshly initialised Transformer (the same weights for every precision at the same seed), switched to
     ``precision``: "fp32" as is, "bf16" / "fp8" through ``dslab.fp8.enable_training``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if precision not in EMULATED:
+        raise ValueError(f"precision must be one of {tuple(EMULATED)}, got {precision!r}")
     torch.manual_seed(seed)
     model = Transformer(args)
-    setup = PRECISIONS[precision]
+    setup = EMULATED[precision]
     converted = [] if setup is None else fp8.enable_training(model, block=block, **setup)
     return model, converted
 
@@ -283,7 +283,7 @@ def build_model(args: ModelArgs, precision: str, block: int = 32, seed: int = 0)
 def train_precision(precision: str, args: ModelArgs, train_ids: torch.Tensor, val_ids: torch.Tensor,
                     cfg: TrainConfig, block: int = 32, seed: int = 0) -> PrecisionRun:
     """Train the tiny model with the GEMM inputs in ``precision``; same data order and initial weights for all."""
-    model, converted = build_model(args, precision, block, seed)
+    model, converted = precision_model(args, precision, block, seed)
     start = time.perf_counter()
     history = train_lm(model, train_ids, val_ids, cfg)
     seconds = time.perf_counter() - start
@@ -292,11 +292,8 @@ def train_precision(precision: str, args: ModelArgs, train_ids: torch.Tensor, va
 
 
 def smoothed(losses: torch.Tensor, window: int = 20) -> torch.Tensor:
-    """Trailing mean over ``window`` steps (fewer at the start): [steps] -> [steps]."""
-    c = torch.cat([torch.zeros(1, dtype=torch.float64), losses.double().cumsum(0)])
-    idx = torch.arange(1, len(losses) + 1)
-    lo = (idx - window).clamp(min=0)
-    return ((c[idx] - c[lo]) / (idx - lo)).float()
+    """``plots.smooth`` of a loss curve as a tensor: [steps] -> [steps]."""
+    return torch.from_numpy(plots.smooth(losses.tolist(), window)).float()
 
 
 def relative_gap(run: PrecisionRun, baseline: PrecisionRun, window: int = 20) -> torch.Tensor:
@@ -334,7 +331,7 @@ def training_figure(runs: dict[str, PrecisionRun], other_seed: PrecisionRun | No
 # --------------------------------------------------------------------------------------------------- 5 memory
 def memory_table(args: ModelArgs, tokens: int) -> dict[str, dict[str, float]]:
     """Row -> {precision: bytes} from ``dslab.fp8.memory_breakdown``, plus a "total" row."""
-    cols = {p: fp8.memory_breakdown(args, p, tokens) for p in fp8.PRECISIONS}
+    cols = {p: fp8.memory_breakdown(args, p, tokens) for p in fp8.MEMORY_PRECISIONS}
     rows = {row: {p: cols[p][row] for p in cols} for row in cols["fp8"]}
     rows["total"] = {p: sum(c.values()) for p, c in cols.items()}
     return rows
@@ -351,8 +348,8 @@ def print_memory_table(args: ModelArgs, tokens: int, unit: str = "GiB") -> dict[
     return table
 
 
-__all__ = ["GRANULARITIES", "PRECISIONS", "PrecisionRun", "accumulation_error", "accumulation_figure",
-           "accumulation_sweep", "build_model", "compare_with_scaled_mm", "error_histograms_figure",
+__all__ = ["EMULATED", "GRANULARITIES", "PrecisionRun", "accumulation_error", "accumulation_figure",
+           "accumulation_sweep", "precision_model", "compare_with_scaled_mm", "error_histograms_figure",
            "format_table", "fp8_operands", "linear_gradient_errors", "memory_table", "number_lines_figure",
            "outlier_activations", "print_memory_table", "quantization_report", "relative_gap", "scaled_mm_probe",
            "smoothed", "train_precision", "training_figure"]

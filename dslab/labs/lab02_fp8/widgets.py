@@ -3,10 +3,12 @@ of a realistic activation tensor (a histogram) and the signal-to-noise ratio of 
 
 from __future__ import annotations
 
+import ipywidgets as W
 import numpy as np
 
 from dslab import fp8, plots
 from dslab.labs.lab02_fp8.experiments import GRANULARITIES, outlier_activations, quantization_report
+from dslab.widgets import explore
 
 
 def quant_explorer(fmt: str = "e4m3", granularity: str = "tile", outlier: float = 1000.0, block: int = 128,
@@ -48,8 +50,6 @@ def quant_explorer(fmt: str = "e4m3", granularity: str = "tile", outlier: float 
 
 def quant_controls() -> dict:
     """The explorer's controls, one per keyword of ``quant_explorer``, set to its defaults."""
-    import ipywidgets as W
-
     return {
         "fmt": W.Dropdown(options=[("E4M3", "e4m3"), ("E5M2", "e5m2")], value="e4m3", description="format"),
         "granularity": W.Dropdown(options=[(v, k) for k, v in GRANULARITIES.items()], value="tile",
@@ -60,6 +60,4 @@ def quant_controls() -> dict:
 
 def quant_explorer_widget():
     """Controls for ``quant_explorer``; headless, the static default figure."""
-    from dslab.widgets import explore
-
     return explore(quant_explorer, quant_controls())

@@ -7,9 +7,11 @@ from __future__ import annotations
 import torch
 
 from dslab import accounting, configs, plots
+from dslab.bench.mla import bench_args
 from dslab.configs import ModelArgs
+from dslab.mla import ATTN_IMPLS, MLA
 from dslab.model import Transformer
-from dslab.runtime import seed_everything
+from dslab.runtime import num_threads, seed_everything, timeit
 from dslab.train import TrainConfig, train_lm
 
 HEAD_DIM, ROPE_DIM = 128, 64  # V2/V3's d_h and d^R_h
@@ -123,10 +125,6 @@ def time_decode_paths(n_heads: int = 16, context: int = 1024, rounds: int = 5, b
 
     A step's work does not depend on what the cache holds, so the caches are left as allocated (no prefill).
     """
-    from dslab.bench import num_threads, timeit
-    from dslab.bench.mla import bench_args
-    from dslab.mla import ATTN_IMPLS, MLA
-
     args = bench_args(n_heads, context)
     torch.manual_seed(0)
     x = torch.randn(batch, 1, args.dim, generator=torch.Generator().manual_seed(1))

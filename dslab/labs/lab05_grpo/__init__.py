@@ -4,7 +4,8 @@ language-consistency reward, distillation against RL on a smaller model, and eva
 cons@k) on held-out and harder problems.
 
 ``artifacts`` is the script that made what the lab loads from ``datasets/grpo/`` (the base checkpoints and the
-metrics of the long comparison runs): ``python -m dslab.labs.lab05_grpo.artifacts --help``.
+metrics of the long comparison runs): ``python -m dslab.labs.lab05_grpo.artifacts --help``; ``shipped`` reads and
+writes those files, ``experiments`` holds the harnesses that make them and that the notebook runs.
 """
 
 NOTEBOOK = "05_grpo"

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
-from dslab import data, grpo
+from dslab import data, evals, grpo, sft
+from dslab.checkpoint import write_metrics
 from dslab.labs.lab05_grpo import experiments as ex
+from dslab.labs.lab05_grpo import shipped
 
 FINAL_EVAL_TASKS = 200  # per split, as the notebook evaluates (each with 16 samples): +-3 points at 50%
 REDUCED_PRETRAIN = {"steps": 30, "schedule_steps": 30, "batch_size": 8, "n_chars": 60_000}
@@ -38,7 +40,7 @@ def make_data(out: Path) -> list[Path]:
 
 def make_base(out: Path, reduced: bool = False, sizes: tuple[str, ...] = ("base", "student")) -> dict:
     """Pretrain the base policy and the student; write each checkpoint with a card (how, how long, scores)."""
-    test = ex.split("test")
+    test = shipped.split("test")
     cards = {}
     for size in sizes:
         spec = ex.Pretraining(size=size, **(REDUCED_PRETRAIN if reduced else {}))
@@ -48,10 +50,10 @@ def make_base(out: Path, reduced: bool = False, sizes: tuple[str, ...] = ("base"
                 "pretraining": spec.__dict__, "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1),
                 "torch_threads": torch.get_num_threads(), "curve": [r for r in history if "greedy_accuracy" in r]}
         path = out / "grpo" / f"{size}.pt"
-        ex.save_policy(model, path, card)  # rounds the weights to what is shipped, then they are scored
+        shipped.save_policy(model, path, card)  # rounds the weights to what is shipped, then they are scored
         tasks = test if not reduced else test[:20]
-        acc, fmt = grpo.greedy_accuracy(model, tasks, ex.MAX_NEW["test"])
-        ex.update_card(path, test_tasks=len(tasks), test_greedy_accuracy=acc, test_greedy_format=fmt)
+        acc, fmt = evals.greedy_accuracy(model, tasks, ex.MAX_NEW["test"])
+        shipped.update_card(path, test_tasks=len(tasks), test_greedy_accuracy=acc, test_greedy_format=fmt)
         card.update(test_greedy_accuracy=acc)
         cards[size] = card
         print(f"{size}: {model.num_params():,} params, test greedy accuracy {acc:.3f}, format {fmt:.3f}, "
@@ -62,11 +64,11 @@ def make_base(out: Path, reduced: bool = False, sizes: tuple[str, ...] = ("base"
 def _start(spec: ex.RunSpec, folder: Path, reduced: bool, log: dict) -> torch.nn.Module:
     """The policy a run starts from (a fresh copy)."""
     size = "student" if spec.start in ("student", "distill") else "base"
-    model = ex.load_policy(size, rows=256, path=folder / f"{size}.pt")
+    model = shipped.load_policy(size, rows=256, path=folder / f"{size}.pt")
     if spec.start == "cold_start":
-        pairs = ex.cold_start_pairs(40 if reduced else ex.COLD_START_EXAMPLES)
+        pairs = ex.cold_start_examples(40 if reduced else ex.COLD_START_EXAMPLES)
         cfg = replace(ex.COLD_START, steps=3 if reduced else ex.COLD_START.steps, eval_tasks=0)
-        _, cpu, _ = ex.timed(grpo.train_sft, model, pairs, cfg)
+        _, cpu, _ = ex.timed(sft.train_sft, model, pairs, cfg)
         log["sft_cpu_seconds"] = cpu
     return model
 
@@ -77,35 +79,35 @@ def make_run(name: str, out: Path, reduced: bool = False) -> dict:
     folder = out / "grpo"
     runs = folder / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    val = ex.split("val")
+    val = shipped.split("val")
     log: dict = {"name": name, "about": spec.about}
     model = _start(spec, folder, reduced, log)
     if spec.start == "distill":
-        teacher = ex.load_policy("base", rows=256, path=folder / "r1_zero.pt")
-        tasks = ex.split("train")[: 16 if reduced else ex.DISTILL_TASKS]
+        teacher = shipped.load_policy("base", rows=256, path=folder / "r1_zero.pt")
+        tasks = shipped.split("train")[: 16 if reduced else ex.DISTILL_TASKS]
         pairs, cpu, _ = ex.timed(ex.rejection_sample, teacher, tasks, 4)
         log.update(teacher_sampling_cpu_seconds=cpu, distill_pairs=len(pairs), distill_tasks=len(tasks))
         cfg = replace(ex.DISTILL, steps=3 if reduced else ex.DISTILL.steps, eval_tasks=8 if reduced else 200,
                       metrics=str(runs / f"{name}.jsonl"))
-        rows = grpo.train_sft(model, pairs or [(tasks[0].prompt, data.completion(tasks[0]))], cfg, val)
+        rows = sft.train_sft(model, pairs or [(tasks[0].prompt, data.completion(tasks[0]))], cfg, val)
         for r in rows:  # the teacher's sampling is part of what distillation costs
             r["cpu_seconds"] += cpu
-        (runs / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        write_metrics(runs / f"{name}.jsonl", rows, append=False)
     else:
         cfg = replace(_reduce(spec.cfg) if reduced else spec.cfg, metrics=str(runs / f"{name}.jsonl"))
-        rows = grpo.train_grpo(model, ex.split("train"), cfg, val, score=ex.scorer(), desc=name)
+        rows = grpo.train_grpo(model, shipped.split("train"), cfg, val, score=ex.scorer(), desc=name)
         if log.get("sft_cpu_seconds"):  # the cold start's SFT is part of the run's cost
             for r in rows:
                 r["cpu_seconds"] += log["sft_cpu_seconds"]
-            (runs / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            write_metrics(runs / f"{name}.jsonl", rows, append=False)
         if name == "r1_zero":
-            ex.save_policy(model, folder / "r1_zero.pt", {
+            shipped.save_policy(model, folder / "r1_zero.pt", {
                 "made_by": f"python -m dslab.labs.lab05_grpo.artifacts runs r1_zero{' --reduced' if reduced else ''}",
                 "grpo": ex.config_dict(cfg)})
     k = 4 if reduced else 16
     for split_name in ("test", "hard"):
-        tasks = ex.split(split_name)[: 8 if reduced else FINAL_EVAL_TASKS]
-        res = grpo.evaluate(model, tasks, k=k, max_new_tokens=ex.MAX_NEW[split_name], seed=0)
+        tasks = shipped.split(split_name)[: 8 if reduced else FINAL_EVAL_TASKS]
+        res = evals.evaluate(model, tasks, k=k, max_new_tokens=ex.MAX_NEW[split_name], seed=0)
         log[split_name] = {m: res[m] for m in ("greedy", "pass@1", f"pass@{k}", f"cons@{k}", "format")}
         log[split_name]["tasks"] = len(tasks)
         log[split_name]["style"] = ex.writing_style(res["samples"])

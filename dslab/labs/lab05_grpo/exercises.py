@@ -17,11 +17,12 @@ from collections import Counter
 
 import torch
 
-from dslab import grpo, rewards
+from dslab import evals, grpo, rewards
 from dslab.course.exercises import Case, Exercise, Mistake, compare_close
 
 FORBIDDEN_REWARDS = ("dslab.rewards.accuracy_reward", "dslab.rewards.parse_answer", "dslab.rewards.format_reward",
-                     "dslab.rewards.reward_components", "dslab.grpo.evaluate", "dslab.grpo.greedy_accuracy")
+                     "dslab.rewards.reward_components", "dslab.evals.evaluate", "dslab.evals.greedy_accuracy",
+                     "dslab.grpo.evaluate", "dslab.grpo.greedy_accuracy")
 
 
 def compare_reward(expected, got) -> str | None:
@@ -54,6 +55,7 @@ def _accuracy_hidden(rng: random.Random) -> list[Case]:
     other = n + rng.choice([-10, -1, 1, 10, 100])
     wrap = lambda s: f"<think>{_think(rng)}</think> <answer>{s}</answer>"  # noqa: E731
     digits = str(abs(n)) if abs(n) >= 10 else f"{abs(n)}0"
+    arabic = "".join(chr(ord("٠") + int(d)) for d in digits)  # Arabic-Indic digits: \d and int() accept them
     return [
         Case((wrap(n), n), "right answer"),
         Case((wrap(other), n), "wrong answer"),
@@ -69,17 +71,18 @@ def _accuracy_hidden(rng: random.Random) -> list[Case]:
         Case((f"<think>{_think(rng)}</think> <answer>{n}</answer> {other}", n), "a number after the answer block"),
         Case((f"<think>{_think(rng)}</think> <answer>{n}", n), "answer never closed (cut at the length limit)"),
         Case((rng.choice(["", "</answer>", "<answer><answer></answer>", "\x00<>" * 5]), 0), "garbage"),
+        Case((wrap(arabic), int(digits)), "non-ASCII digits (Arabic-Indic), which \\d and int() accept"),
     ]
 
 
 def _last_int_anywhere(completion: str, answer: int) -> float:
-    found = re.findall(r"-?\d+", completion)
+    found = re.findall(r"-?[0-9]+", completion)
     return float(bool(found) and int(found[-1]) == answer)
 
 
 def _first_block(completion: str, answer: int) -> float:
     m = re.search(r"<answer>(.*?)</answer>", completion, re.DOTALL)
-    return float(bool(m) and re.fullmatch(r"\s*-?\d+\s*", m[1]) is not None and int(m[1]) == answer)
+    return float(bool(m) and re.fullmatch(r"\s*-?[0-9]+\s*", m[1]) is not None and int(m[1]) == answer)
 
 
 def _python_int(completion: str, answer: int) -> float:
@@ -97,7 +100,7 @@ ACCURACY_MISTAKES = (
             "only the answer block counts: a number after </think> without <answer> tags is not an answer"),
     Mistake("first block", _first_block, "several answer blocks: the last one is the answer, as the issue's rule says"),
     Mistake("int() on the block", _python_int,
-            "int() accepts '1_000', '+5' and spaces inside; match a plain integer (-?\\d+) with a regular expression"),
+            "int() accepts '1_000', '+5' and '٣'; match a plain integer (-?[0-9]+: \\d takes any script's digits)"),
 )
 
 
@@ -411,18 +414,11 @@ def _cons_last_wins(answers, truth):
     return float([a for a in answers if a is not None and votes[a] == top][-1] == truth)
 
 
-def _cons_none_votes(answers, truth):
-    return float(Counter(answers).most_common(1)[0][0] == truth) if answers else 0.0
-
-
-def _cons_strict_majority(answers, truth):
-    return float(sum(a == truth for a in answers) > len(answers) / 2)
-
-
 CONS_MISTAKES = (
     Mistake("ties to the last seen", _cons_last_wins, "on a tie the answer seen first among the tied ones wins"),
-    Mistake("None votes", _cons_none_votes, "a sample without a parsed answer (None) casts no vote"),
-    Mistake("strict majority", _cons_strict_majority,
+    Mistake("None votes", lambda votes, truth: float(bool(votes) and Counter(votes).most_common(1)[0][0] == truth),
+            "a sample without a parsed answer (None) casts no vote"),
+    Mistake("strict majority", lambda answers, truth: float(sum(a == truth for a in answers) > len(answers) / 2),
             "cons@k takes the most frequent answer (a plurality), even below half of the votes"),
     Mistake("pass@k", lambda answers, truth: float(truth in answers),
             "that is pass@k (any sample right); cons@k asks whether the majority vote is right"),
@@ -436,7 +432,7 @@ EXERCISES = [
         reference=rewards.accuracy_reward, public_cases=_accuracy_public, hidden_cases=_accuracy_hidden,
         compare=compare_reward,
         hint="find every <answer>(.*?)</answer> block (re.DOTALL), take the last, accept it only if it fullmatches "
-             "\\s*-?\\d+\\s*, then compare int(...) with the truth; never eval()",
+             "\\s*-?[0-9]+\\s*, then compare int(...) with the truth; never eval()",
         mistakes=ACCURACY_MISTAKES, forbidden=FORBIDDEN_REWARDS,
     ),
     Exercise(
@@ -494,9 +490,10 @@ EXERCISES = [
         id="05.cons_at_k", number="5.7", target="cons_at_k", points=2, kind="implement",
         task="return 1.0 when the majority vote over the answers (None does not vote; a tie goes to the answer seen "
              "first) equals truth, else 0.0",
-        reference=grpo.cons_at_k, public_cases=_cons_public, hidden_cases=_cons_hidden, compare=compare_reward,
+        reference=evals.cons_at_k, public_cases=_cons_public, hidden_cases=_cons_hidden, compare=compare_reward,
         hint="count the non-None answers; the winner has the top count, and among tied answers the one that "
              "appears first in the list",
-        mistakes=CONS_MISTAKES, forbidden=("dslab.grpo.cons_at_k", "dslab.grpo.majority_vote"),
+        mistakes=CONS_MISTAKES, forbidden=("dslab.evals.cons_at_k", "dslab.evals.majority_vote",
+                                            "dslab.grpo.cons_at_k", "dslab.grpo.majority_vote"),
     ),
 ]

@@ -1,24 +1,35 @@
 """Lab 05's experiment harnesses: the policies, their pretraining, the run configurations the notebook and the artifacts
-script share, rejection sampling for distillation, and a few readers of samples and curves.
+script share, the cold-start examples, rejection sampling for distillation, the evaluation of a policy on the splits,
+and the tables and figures of the live run.
 
-Everything here is seeded and CPU-sized. The shipped files live in ``datasets/grpo/`` (``artifacts_dir()``): the
-pretrained base and student checkpoints (``base.pt``, ``student.pt`` with ``*.json`` cards) and the metrics of the
-comparison runs (``runs/<name>.jsonl``), all written by ``python -m dslab.labs.lab05_grpo.artifacts``.
+Everything here is seeded and CPU-sized. What the lab ships (checkpoints with their cards, the metrics of the
+comparison runs) is read and written by ``shipped``; the names of it the notebook uses are re-exported here, so the
+notebook reaches every harness as ``ex.<name>``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
 
-import dslab
-from dslab import data, grpo
+from dslab import data, evals, grpo, plots, sampling
 from dslab.configs import ModelArgs, load
+from dslab.labs.lab05_grpo.shipped import (  # noqa: F401 - re-exported: the notebook calls them as ex.<name>
+    REACH,
+    ablation_extras_figure,
+    ablation_figure,
+    claims_table,
+    comparison_figure,
+    load_policy,
+    print_summaries,
+    read_card,
+    read_runs,
+    split,
+)
+from dslab.labs.lab05_grpo.widgets import plot_curves
 from dslab.model import Transformer
 from dslab.rewards import (
     accuracy_reward,
@@ -29,6 +40,7 @@ from dslab.rewards import (
     reward_components,
     think_text,
 )
+from dslab.sft import SFTConfig
 from dslab.train import TrainConfig, train_lm
 
 MAX_SEQ_LEN = 160  # prompt (<= 60 characters) + completion (<= 80 characters on the 4-digit split)
@@ -37,26 +49,6 @@ SIZES = {  # the policy (a dense transformer with MHA) and the smaller student o
     "base": dict(dim=96, n_heads=4, head_dim=24, inter_dim=256, n_layers=4),
     "student": dict(dim=64, n_heads=4, head_dim=16, inter_dim=160, n_layers=2),
 }
-
-
-# ------------------------------------------------------------------------------------------------------ files
-def artifacts_dir() -> Path:
-    """datasets/grpo/ of the course checkout this package runs from."""
-    root = Path(dslab.__file__).resolve().parents[1] / "datasets"
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} not found: lab 05 reads its shipped checkpoints from the course checkout's "
-                                "datasets/ folder (install dslab with `pip install -e .` from the checkout)")
-    return root / "grpo"
-
-
-def split(name: str) -> list[data.Task]:
-    """A frozen RL split ("train", "val", "test" or "hard") from datasets/rl_arithmetic/."""
-    return data.load_tasks(name, artifacts_dir().parent)
-
-
-def held_out_questions() -> frozenset[str]:
-    """Questions of the val, test and hard splits: the pretraining text never contains them."""
-    return frozenset(t.question for name in ("val", "test", "hard") for t in split(name))
 
 
 # --------------------------------------------------------------------------------------------------- policies
@@ -76,24 +68,14 @@ def new_policy(size: str = "base", rows: int = 256, seed: int = 0) -> Transforme
     return Transformer(policy_args(size), max_batch_size=rows)
 
 
-def load_policy(name: str = "base", rows: int = 256, path: Path | None = None) -> Transformer:
-    """A shipped checkpoint ("base" or "student", from datasets/grpo/) as a policy in eval mode."""
-    path = path or artifacts_dir() / f"{name}.pt"
-    card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-    model = Transformer(ModelArgs.from_dict(card["args"]), max_batch_size=rows)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                           for k, v in torch.load(path, weights_only=True).items()})
-    return model.eval()
-
-
 def clone_policy(model: Transformer, rows: int | None = None) -> Transformer:
     """A copy of ``model`` with its own weights (and caches of ``rows`` rows)."""
-    copy = Transformer(model.args, max_batch_size=rows or grpo.cache_rows(model))
+    copy = Transformer(model.args, max_batch_size=rows or sampling.cache_rows(model))
     copy.load_state_dict(model.state_dict())
     return copy.eval()
 
 
-# -------------------------------------------------------------------------------------------------- pretraining
+# ------------------------------------------------------------------------------------------------ pretraining
 @dataclass(frozen=True)
 class Pretraining:
     """How a base model is made: next-token prediction on ``data.pretraining_text`` with ``dslab.train.train_lm``
@@ -115,18 +97,15 @@ class Pretraining:
     seed: int = 0
 
 
-class _Stop(Exception):
-    pass
-
-
 def pretrain(spec: Pretraining, eval_tasks: Sequence[data.Task] = (), eval_every: int = 250) -> tuple[Transformer,
                                                                                                           list[dict]]:
-    """Pretrain a policy from scratch on arithmetic text; every ``eval_every`` steps the greedy accuracy on
-    ``eval_tasks`` is added to the history. Returns (model in eval mode, history)."""
+    """Pretrain a policy from scratch on arithmetic text (never a held-out question: ``data.held_out_questions``);
+    every ``eval_every`` steps the greedy accuracy on ``eval_tasks`` is added to the history. Returns (model in eval
+    mode, history)."""
     if not 1 <= spec.steps <= spec.schedule_steps:
         raise ValueError(f"steps must be in [1, schedule_steps={spec.schedule_steps}], got {spec.steps}")
     tok = data.CharTokenizer()
-    text = data.pretraining_text(spec.n_chars, seed=spec.seed, exclude=held_out_questions())
+    text = data.pretraining_text(spec.n_chars, seed=spec.seed, exclude=data.held_out_questions())
     train_ids, val_ids = data.train_val_split(torch.tensor(tok.encode(text)), spec.val_fraction)
     model = new_policy(spec.size, seed=spec.seed)
     cfg = TrainConfig(steps=spec.schedule_steps, batch_size=spec.batch_size, block_size=spec.block_size, lr=spec.lr,
@@ -136,42 +115,16 @@ def pretrain(spec: Pretraining, eval_tasks: Sequence[data.Task] = (), eval_every
     def after(m, step):
         row = {"step": step + 1}
         if eval_tasks and ((step + 1) % eval_every == 0 or step + 1 == spec.steps):
-            acc, fmt = grpo.greedy_accuracy(m, eval_tasks, MAX_NEW["test"])
+            acc, fmt = evals.greedy_accuracy(m, eval_tasks, MAX_NEW["test"])
             row.update(greedy_accuracy=acc, greedy_format=fmt)
             m.train()
         history.append(row)
-        if step + 1 == spec.steps:
-            raise _Stop
-        return row
 
-    try:
-        train_lm(model, train_ids, val_ids, cfg, after_step=after)
-    except _Stop:
-        pass
+    train_lm(model, train_ids, val_ids, cfg, after_step=after, stop_after=spec.steps)
     return model.eval(), history
 
 
-def save_policy(model: Transformer, path: Path, card: dict) -> None:
-    """Write the weights in float16 (half the bytes; ``load_policy`` turns them back into float32) and a JSON card
-    (architecture, how it was made) beside them. The model's own weights are rounded the same way first, so whatever
-    is measured on it afterwards (the card's scores) describes exactly the shipped file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rounded = {k: v.detach().half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    model.load_state_dict(rounded)
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in rounded.items()}, path)
-    card = {"args": model.args.to_dict(), "params": model.num_params(), **card}
-    path.with_suffix(".json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def update_card(path: Path, **fields) -> None:
-    """Add fields to a checkpoint's card."""
-    card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    card.update(fields)
-    card_path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------------------------------------- run configurations
+# ----------------------------------------------------------------------------------------- run configurations
 def r1_zero_config(fast: bool = False, **changes) -> grpo.GRPOConfig:
     """R1-Zero at the lab's defaults: GRPO from the base with accuracy + 0.1·format rewards, G = 16, no KL,
     ε = 0.2, lr 3e-4 with cosine decay, zero-variance groups dropped. FAST: a few small steps."""
@@ -182,13 +135,14 @@ def r1_zero_config(fast: bool = False, **changes) -> grpo.GRPOConfig:
     return replace(cfg, **changes)
 
 
-COLD_START = grpo.SFTConfig(steps=60, batch_size=32, lr=1e-3, warmup=5)
+COLD_START = SFTConfig(steps=60, batch_size=32, lr=1e-3, warmup=5)
 COLD_START_EXAMPLES = 500
 CONSISTENCY_WEIGHTS = {"accuracy": 1.0, "format": 0.1, "consistency": 0.2}
 
 
-def cold_start_pairs(n: int = COLD_START_EXAMPLES, seed: int = 21) -> list[tuple[str, str]]:
-    """Readable cold-start examples: train-split tasks with their full working in the digits notation."""
+def cold_start_examples(n: int = COLD_START_EXAMPLES, seed: int = 21) -> list[tuple[str, str]]:
+    """The lab's cold-start set: ``n`` train-split tasks drawn with ``seed``, as readable (prompt, completion) pairs
+    with their full working in the digits notation (``data.cold_start_pairs``)."""
     tasks = split("train")
     return data.cold_start_pairs([tasks[i] for i in torch.randperm(len(tasks), generator=torch.Generator()
                                                                    .manual_seed(seed))[:n].tolist()], "digits")
@@ -210,13 +164,13 @@ def scorer(accuracy=None, format=None, target: str = "digits"):  # noqa: A002 - 
     return score
 
 
-# ------------------------------------------------------------------------------------------- distillation data
+# ------------------------------------------------------------------------------------------ distillation data
 @torch.no_grad()
 def rejection_sample(teacher: Transformer, task_list: Sequence[data.Task], k: int = 4, temperature: float = 0.6,
                      seed: int = 0, target: str = "digits") -> list[tuple[str, str]]:
     """R1 §2.3.3 in miniature: k samples per task from ``teacher``; keep the completions that are right, well
     formatted and written entirely in the target notation (at most one per task, the first such)."""
-    samples = grpo.sample_answers(teacher, task_list, k, MAX_NEW["train"], temperature, 0.95, seed)
+    samples = evals.sample_answers(teacher, task_list, k, MAX_NEW["train"], temperature, 0.95, seed)
     kept = []
     for task, outs in zip(task_list, samples):
         for text in outs:
@@ -227,7 +181,7 @@ def rejection_sample(teacher: Transformer, task_list: Sequence[data.Task], k: in
     return kept
 
 
-# --------------------------------------------------------------------------------------------------- reading
+# ---------------------------------------------------------------------------------------------------- reading
 def describe(completion: str) -> dict:
     """How a completion is written: has_working, share of its working in each notation, mixed or not."""
     think = think_text(completion)
@@ -253,22 +207,6 @@ def timed(fn, *args, **kwargs):
     c, w = time.process_time(), time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.process_time() - c, time.perf_counter() - w
-
-
-def read_runs(names: Sequence[str], folder: Path | None = None) -> dict[str, list[dict]]:
-    """Shipped metrics files (datasets/grpo/runs/<name>.jsonl) as {name: rows}."""
-    folder = folder or artifacts_dir() / "runs"
-    return {n: grpo.read_metrics(folder / f"{n}.jsonl") for n in names}
-
-
-# The held-out accuracy at which the run comparisons are timed: the default R1-Zero run gets there late in its 60 steps,
-# so a faster or slower recipe shows as an earlier or later step (or "never").
-REACH = 0.6
-
-
-def first_reaching(rows: Sequence[dict], metric: str, level: float) -> dict | None:
-    """The first row whose ``metric`` is >= level (None if no row gets there)."""
-    return next((r for r in rows if r.get(metric, -1) >= level), None)
 
 
 # ------------------------------------------------------------------------------------------- the shipped runs
@@ -308,7 +246,7 @@ def run_specs() -> dict[str, RunSpec]:
     return {s.name: s for s in specs}
 
 
-DISTILL = grpo.SFTConfig(steps=150, batch_size=32, lr=1e-3, warmup=10, eval_every=15)
+DISTILL = SFTConfig(steps=150, batch_size=32, lr=1e-3, warmup=10, eval_every=15)
 DISTILL_TASKS = 2000  # train-split tasks the teacher samples for
 
 
@@ -316,18 +254,13 @@ def config_dict(cfg) -> dict:
     return asdict(cfg)
 
 
-# ------------------------------------------------------------------------------------------ notebook helpers
-def read_card(name: str) -> dict:
-    """The JSON card of a shipped checkpoint (datasets/grpo/<name>.json)."""
-    return json.loads((artifacts_dir() / f"{name}.json").read_text(encoding="utf-8"))
-
-
+# ------------------------------------------------------------------------------------------- notebook helpers
 def evaluate_splits(model: Transformer, splits: dict[str, Sequence[data.Task]], k: int, seed: int = 0) -> dict:
-    """``grpo.evaluate`` on each split (greedy, pass@1, pass@k, cons@k at temperature 0.6, top-p 0.95), plus the
+    """``evals.evaluate`` on each split (greedy, pass@1, pass@k, cons@k at temperature 0.6, top-p 0.95), plus the
     writing style of the samples and the tasks themselves."""
     out = {}
     for name, task_list in splits.items():
-        res = grpo.evaluate(model, task_list, k=k, max_new_tokens=MAX_NEW.get(name, 80), seed=seed)
+        res = evals.evaluate(model, task_list, k=k, max_new_tokens=MAX_NEW.get(name, 80), seed=seed)
         res["style"] = writing_style(res["samples"])
         res["tasks"] = list(task_list)
         out[name] = res
@@ -360,8 +293,6 @@ def print_evaluation(results: dict[str, dict]) -> None:
 
 def evaluation_figure(results: dict[str, dict], k: int):
     """Bars of greedy, pass@1, cons@k and pass@k per model, one panel per split."""
-    from dslab import plots
-
     splits = list(next(iter(results.values())))
     fig, axes = plots.figure(len(splits), width=4.6, height=3.2)
     metrics = ["greedy", "pass@1", f"cons@{k}", f"pass@{k}"]
@@ -379,7 +310,7 @@ def sample_groups(model: Transformer, task_list: Sequence[data.Task], G: int, se
     """G completions per task at temperature 1 (as in training) and their rewards: {"reward", "accuracy", "format"}
     tensors [N·G] and the texts."""
     weights = weights or {"accuracy": 1.0, "format": 0.1}
-    texts = [t for ss in grpo.sample_answers(model, task_list, G, MAX_NEW["train"], 1.0, 1.0, seed) for t in ss]
+    texts = [t for ss in evals.sample_answers(model, task_list, G, MAX_NEW["train"], 1.0, 1.0, seed) for t in ss]
     comps = [reward_components(text, task_list[i // G].answer) for i, text in enumerate(texts)]
     out = {name: torch.tensor([c[name] for c in comps]) for name in ("accuracy", "format")}
     out["reward"] = torch.tensor([sum(w * c[n] for n, w in weights.items()) for c in comps])
@@ -410,8 +341,6 @@ def print_groups(groups: dict, advantages: torch.Tensor, G: int, predicted: tupl
 def training_figure(live: dict[str, list[dict]], reference: dict[str, list[dict]] | None = None):
     """Four panels over GRPO steps: reward (with its accuracy and format parts), held-out greedy accuracy, format
     rate of the samples, mean completion length. ``reference`` runs are dashed."""
-    from dslab import plots
-
     fig, axes = plots.figure(4, width=3.4, height=3.0)
     panels = [("reward", "reward (training samples)"), ("val_accuracy", "held-out greedy accuracy"),
               ("format", "format rate (training samples)"), ("completion_length", "completion length (tokens)")]
@@ -437,78 +366,16 @@ def print_styles(styles: dict[str, dict]) -> None:
               f"{s['letters_share']:>12.1%}")
 
 
-def comparison_figure(runs: dict[str, list[dict]], metrics: Sequence[str], x: str = "step"):
-    """One panel per metric, one line per run, against GRPO step or CPU minutes."""
-    from dslab import plots
-    from dslab.labs.lab05_grpo.widgets import plot_curves
-
-    fig, axes = plots.figure(len(metrics), width=4.2, height=3.2)
-    for ax, metric in zip(axes, metrics):
-        plot_curves(runs, metric, x, window=1 if metric.startswith("val") else 5, ax=ax)
-    return fig
-
-
-def read_summary(name: str) -> dict:
-    return json.loads((artifacts_dir() / "runs" / f"{name}.summary.json").read_text(encoding="utf-8"))
-
-
-def print_summaries(names: Sequence[str], level: float = REACH) -> None:
-    """Per shipped run: held-out accuracy at the start and end, when it first reached ``level`` (step and CPU
-    minutes), the final test greedy/pass@1/cons@16 and hard greedy accuracy, and how its samples are written."""
-    print(f"{'run':<24}{'val start':>10}{'val end':>9}{f'≥{level:.0%} at step':>15}{'CPU min':>9}{'test greedy':>12}"
-          f"{'pass@1':>8}{'cons@16':>9}{'hard':>7}{'mixed':>7}{'no work':>8}")
-    for name in names:
-        rows, s = read_runs([name])[name], read_summary(name)
-        vals = [r for r in rows if "val_accuracy" in r]
-        hit = first_reaching(vals, "val_accuracy", level)
-        when = f"{hit['step']:>15}{hit['cpu_seconds'] / 60:>9.1f}" if hit else f"{'never':>15}{'':>9}"
-        k = max(int(m.split("@")[1]) for m in s["test"] if m.startswith("cons@"))
-        print(f"{name:<24}{vals[0]['val_accuracy']:>10.1%}{vals[-1]['val_accuracy']:>9.1%}{when}"
-              f"{s['test']['greedy']:>12.1%}{s['test']['pass@1']:>8.1%}{s['test'][f'cons@{k}']:>9.1%}"
-              f"{s['hard']['greedy']:>7.1%}{s['test']['style']['mixed']:>7.1%}{s['test']['style']['no_working']:>8.1%}")
-
-
-def ablation_figure(runs: dict[str, list[dict]], groups: dict[str, list[str]]):
-    """One panel per ablation: held-out accuracy against CPU minutes, one line per setting."""
-    from dslab import plots
-    from dslab.labs.lab05_grpo.widgets import plot_curves
-
-    fig, axes = plots.figure(len(groups), width=3.6, height=3.0)
-    for ax, (title, names) in zip(axes, groups.items()):
-        plot_curves({n: runs[n] for n in names}, "val_accuracy", "cpu_minutes", ax=ax, title=title)
-        ax.set_ylim(0, 1.02)
-    return fig
-
-
-def ablation_extras_figure(runs: dict[str, list[dict]]):
-    """What each ablation changes inside the run: KL to the reference (β), clip fraction (ε), the share of groups
-    with no signal (G and std scaling)."""
-    from dslab import plots
-    from dslab.labs.lab05_grpo.widgets import plot_curves
-
-    fig, axes = plots.figure(3, width=4.2, height=3.0)
-    plot_curves({n: runs[n] for n in ("r1_zero", "beta_0.04")}, "kl", window=5, ax=axes[0],
-                title="KL to the reference (k3, per token)")
-    plot_curves({n: runs[n] for n in ("mu2_eps_0.2", "mu2_eps_10")}, "clip_fraction", window=5,
-                ax=axes[1], title="tokens clipped (μ = 2)")
-    plot_curves({n: runs[n] for n in ("G_4", "r1_zero")}, "zero_variance", window=5, ax=axes[2],
-                title="groups with no signal")
-    return fig
-
-
 def aha_figure(history: Sequence[dict], policy: Transformer, base: Transformer, task_list: Sequence[data.Task],
                seed: int = 0):
     """Completion length and consistency over the live run, and one problem answered by the base and the trained
     policy (printed)."""
-    from dslab import plots
-    from dslab.labs.lab05_grpo.widgets import plot_curves
-
     fig, axes = plots.figure(2, width=4.4, height=3.0)
     plot_curves({"your run": list(history)}, "completion_length", window=3, ax=axes[0], title="completion length")
     plot_curves({"your run": list(history)}, "consistency", window=3, ax=axes[1],
                 title="share of the working in digits")
     for name, model in (("base", base), ("after GRPO", policy)):
-        outs = grpo.sample_answers(model, task_list[:1], 4, MAX_NEW["test"], 1.0, 1.0, seed)[0]
+        outs = evals.sample_answers(model, task_list[:1], 4, MAX_NEW["test"], 1.0, 1.0, seed)[0]
         print(f"{name} on {task_list[0].question} (truth {task_list[0].answer}):")
         for text in outs:
             print("   ", text)
@@ -521,50 +388,3 @@ def print_cost(cpu_seconds: dict[str, float], price_per_cpu_hour: float) -> None
         print(f"{name:<24}{sec / 60:>7.1f} CPU min   ${sec / 3600 * price_per_cpu_hour:.4f}")
     total = sum(cpu_seconds.values())
     print(f"{'all of them':<24}{total / 60:>7.1f} CPU min   ${total / 3600 * price_per_cpu_hour:.3f}")
-
-
-def _at_cpu(rows: Sequence[dict], seconds: float, metric: str = "val_accuracy") -> float | None:
-    """The last logged ``metric`` at or before ``seconds`` CPU seconds."""
-    vals = [r[metric] for r in rows if metric in r and r["cpu_seconds"] <= seconds]
-    return vals[-1] if vals else None
-
-
-def claims_table(history: Sequence[dict], results: dict, r1_runs: dict[str, list[dict]],
-                 student_runs: dict[str, list[dict]], k: int) -> None:
-    """The papers' claims next to this notebook's numbers (the live run, its evaluation, and the shipped runs)."""
-    base, after = results["base"]["test"], results["after GRPO"]["test"]
-    vals = [r for r in history if "val_accuracy" in r]
-    lengths = [r["completion_length"] for r in history if "completion_length" in r]
-    n = max(1, min(5, len(lengths) // 3))
-
-    def reach(name: str, level: float = REACH) -> str:
-        hit = first_reaching([r for r in r1_runs[name] if "val_accuracy" in r], "val_accuracy", level)
-        return f"step {hit['step']} ({hit['cpu_seconds'] / 60:.1f} CPU min)" if hit else "never"
-
-    mixed = {n_: read_summary(n_)["test"]["style"]["mixed"] for n_ in r1_runs}
-    end = {n_: [r for r in rows if "val_accuracy" in r][-1]["val_accuracy"] for n_, rows in r1_runs.items()}
-    distill, rl = student_runs["student_distill"], student_runs["student_grpo"]
-    budget = distill[-1]["cpu_seconds"]
-    rl_at = _at_cpu(rl, budget)
-    rows = [
-        ("R1-Zero: accuracy rises with RL from a base model and rule-based rewards",
-         "AIME pass@1 15.6% -> 71.0% (R1 §2.2.4)",
-         f"held-out greedy {vals[0]['val_accuracy']:.1%} -> {vals[-1]['val_accuracy']:.1%}; test pass@1 "
-         f"{base['pass@1']:.1%} -> {after['pass@1']:.1%}"),
-        ("majority voting beats a single sample", "cons@64 86.7% vs pass@1 71.0% (R1 §2.2.4)",
-         f"test cons@{k} {after[f'cons@{k}']:.1%} vs pass@1 {after['pass@1']:.1%} (base: {base[f'cons@{k}']:.1%} vs "
-         f"{base['pass@1']:.1%})"),
-        ("responses grow longer during RL", "R1 Fig. 3: thousands of tokens by the end",
-         f"mean completion {sum(lengths[:n]) / n:.0f} -> {sum(lengths[-n:]) / n:.0f} tokens (first vs last {n} steps)"),
-        ("a cold start makes RL converge faster", "R1 §2.3.1 (qualitative)",
-         f"{REACH:.0%} held-out: R1-Zero {reach('r1_zero')}, cold start {reach('cold_start')}"),
-        ("language consistency: a little accuracy for readability", "R1 §2.3.2 (ablation, qualitative)",
-         f"mixed-notation samples {mixed['r1_zero']:.1%} -> {mixed['consistency']:.1%}; final held-out "
-         f"{end['r1_zero']:.1%} -> {end['consistency']:.1%}"),
-        ("distillation beats RL on the small model", "Qwen-32B AIME 72.6 vs 47.0 (R1 §4.1, Table 6)",
-         f"student at {budget / 60:.1f} CPU min: distilled {distill[-1]['val_accuracy']:.1%}, GRPO "
-         + (f"{rl_at:.1%}" if rl_at is not None else "not yet evaluated")),
-    ]
-    width = max(len(r[0]) for r in rows)
-    for claim, paper, ours in rows:
-        print(f"{claim:<{width}}\n    paper: {paper}\n    here:  {ours}")

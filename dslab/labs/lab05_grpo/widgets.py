@@ -86,17 +86,6 @@ METRICS = ("val_accuracy", "reward", "accuracy", "format", "consistency", "worki
            "zero_variance", "kl", "clip_fraction", "loss", "grad_norm")
 
 
-def smooth(values: list[float], window: int) -> list[float]:
-    """Trailing moving average over ``window`` points (the first points average what exists so far)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
 def plot_curves(runs: dict[str, list[dict]], metric: str, x: str = "step", window: int = 1, ax=None, title=None):
     """One line per run of ``metric`` against ``x`` ("step" or "cpu_minutes") from metrics rows; rows that lack the
     metric are skipped (e.g. held-out accuracy, logged every few steps). Returns the figure."""
@@ -108,7 +97,7 @@ def plot_curves(runs: dict[str, list[dict]], metric: str, x: str = "step", windo
                if metric in r and math.isfinite(r[metric])]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, smooth(list(ys), window), label=name, lw=1.3)
+            ax.plot(xs, plots.smooth(list(ys), window), label=name, lw=1.3)
     ax.set_xlabel("CPU minutes" if x == "cpu_minutes" else "GRPO step")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(title or metric.replace("_", " "), fontsize=10)

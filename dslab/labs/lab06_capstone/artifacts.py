@@ -1,7 +1,7 @@
 """``python -m dslab.labs.lab06_capstone.artifacts [NAME ...]``: make the reference runs lab 06 ships in
 datasets/capstone/ (seeded, CPU, one torch thread).
 
-Each run is the ``cpu`` preset (``dslab.train.preset_config("cpu")``) with one change, trained by the same code as
+Each run is the ``cpu`` preset (``dslab.capstone.preset_config("cpu")``) with one change, trained by the same code as
 ``python -m dslab train --preset cpu --out runs/NAME --set KEY=VALUE``; its per-step metrics are written as
 datasets/capstone/NAME.csv (wall-clock columns dropped: they depend on the machine) and its command, settings and
 summary into datasets/capstone/runs.json. ``--out DIR`` writes elsewhere; ``--steps N`` shortens every run (what the
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from dslab import train
+from dslab import capstone, train
+from dslab.checkpoint import read_metrics
 
 RUNS = {  # name: (what it shows, the settings that differ from the cpu preset)
     "healthy": ("the cpu preset as it is", {}),
@@ -58,14 +59,14 @@ def read_csv(path: str | Path) -> list[dict]:
 def make_run(name: str, out: Path, steps: int | None = None) -> dict:
     """Train reference run ``name`` and write out/NAME.csv; return its entry for runs.json."""
     about, changes = RUNS[name]
-    cfg = train.preset_config("cpu", **changes, **({"steps": steps} if steps else {}))
+    cfg = capstone.preset_config("cpu", **changes, **({"steps": steps} if steps else {}))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.process_time()
         try:
-            res = train.run(cfg, Path(tmp) / name)
+            res = capstone.pretraining_run(cfg, Path(tmp) / name)
             history, summary, stopped = res.history, res.summary, None
         except train.TrainingDiverged as e:
-            history = train.read_metrics(Path(tmp) / name / "metrics.jsonl")
+            history = read_metrics(Path(tmp) / name / "metrics.jsonl")
             summary, stopped = {}, str(e)
         cpu = time.process_time() - t0
     (out / f"{name}.csv").write_text(to_csv(history), encoding="utf-8")

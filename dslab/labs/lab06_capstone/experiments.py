@@ -16,7 +16,7 @@ import torch
 
 import dslab
 from dslab import accounting as acc
-from dslab import plots, train
+from dslab import capstone, plots, train
 from dslab.configs import ModelArgs
 from dslab.data import CharTokenizer, get_batch
 from dslab.model import Block, Transformer
@@ -36,9 +36,9 @@ def preset_for(device: torch.device | str) -> str:
     return "gpu-small" if torch.device(device).type == "cuda" else "cpu"
 
 
-def notebook_config(preset: str, fast: bool = False, seed: int = 0, device: str = "auto") -> train.RunConfig:
+def notebook_config(preset: str, fast: bool = False, seed: int = 0, device: str = "auto") -> capstone.RunConfig:
     """The preset's RunConfig with the notebook's seed; FAST shrinks it to a dozen small steps."""
-    cfg = train.preset_config(preset, seed=seed, data_seed=seed, device=device)
+    cfg = capstone.preset_config(preset, seed=seed, data_seed=seed, device=device)
     return cfg.replace(**FAST_RUN) if fast else cfg
 
 
@@ -64,7 +64,7 @@ def clean_scratch() -> None:
     shutil.rmtree(Path(tempfile.gettempdir()) / "dslab-runs" / f"scratch-{os.getpid()}", ignore_errors=True)
 
 
-def first_batch(cfg: train.RunConfig, train_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def first_batch(cfg: capstone.RunConfig, train_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch ``train_lm`` draws at step 0 of this run (the same generator, seeded with cfg.train.seed)."""
     g = torch.Generator().manual_seed(cfg.train.seed)
     return get_batch(train_ids, cfg.train.batch_size, cfg.train.block_size, g)
@@ -203,7 +203,7 @@ def load_figure(history: list[dict], args: ModelArgs, window: int = 20):
     ax1.set(xlabel="training step", ylabel="expert", title=f"expert load, MoE layer {args.n_layers - 1}")
     s, v = series(history, "max_vio")
     ax2.plot(s, v, color="C3", lw=0.6, alpha=0.4, label="each step")
-    ax2.plot(s, train.smooth(v, window), color="C3", lw=1.4, label=f"{window}-step mean")
+    ax2.plot(s, plots.smooth(v, window), color="C3", lw=1.4, label=f"{window}-step mean")
     ax2.axhline(collapsed - 1, color="0.4", ls="--", lw=0.8, label="a collapsed router")
     ax2.set(xlabel="training step", ylabel="MaxVio of the batch", title="load imbalance", ylim=(0, None))
     ax2.legend(fontsize=7)
@@ -223,7 +223,7 @@ def comparison_figure(history: list[dict] | None, refs: dict[str, list[dict]], w
         for name, rows in runs.items():
             s, v = series(rows, key)
             if v:
-                ax.plot(s, train.smooth(v, window), label=name, lw=styles[name].get("lw", 1.1),
+                ax.plot(s, plots.smooth(v, window), label=name, lw=styles[name].get("lw", 1.1),
                         **{k: x for k, x in styles[name].items() if k != "lw"})
         ax.set(xlabel="training step", title=title)
     axes[0].set_ylabel(f"{window}-step mean")
@@ -235,7 +235,7 @@ def comparison_figure(history: list[dict] | None, refs: dict[str, list[dict]], w
 NOISE = "bf16-emulated, another seed"
 
 
-def precision_runs(cfg: train.RunConfig, steps: int, folder: Path) -> dict[str, list[dict]]:
+def precision_runs(cfg: capstone.RunConfig, steps: int, folder: Path) -> dict[str, list[dict]]:
     """The same short run (same weights, same batches) with the GEMM inputs in BF16 and in FP8 (E4M3, V3's tiles),
     both emulated as lab 02 defines them, and the BF16 run once more with another seed (other initial weights and
     batches): how far two runs drift apart when nothing but chance differs -> {name: history}."""
@@ -244,7 +244,7 @@ def precision_runs(cfg: train.RunConfig, steps: int, folder: Path) -> dict[str, 
                                   (NOISE, "bf16-emulated", 1)):
         c = cfg.replace(precision=precision, steps=steps, eval_every=steps, checkpoint_every=steps,
                         warmup=min(cfg.train.warmup, max(1, steps // 10)), load_every=0, seed=cfg.train.seed + seed)
-        out[name] = train.run(c, folder / name.replace(", ", "-").replace(" ", "-"), measure_peak=False,
+        out[name] = capstone.pretraining_run(c, folder / name.replace(", ", "-").replace(" ", "-"), measure_peak=False,
                               desc=name).history
     return out
 
@@ -252,8 +252,8 @@ def precision_runs(cfg: train.RunConfig, steps: int, folder: Path) -> dict[str, 
 def relative_gap(runs: dict[str, list[dict]], name: str = "fp8-emulated", window: int = 10) -> list[float]:
     """(L_run − L_bf16) / L_bf16 of the smoothed training losses, per step, for run ``name`` (V3 §3.3 reports
     FP8's within 0.25%)."""
-    a = train.smooth([r["loss"] for r in runs[name]], window)
-    b = train.smooth([r["loss"] for r in runs["bf16-emulated"]], window)
+    a = plots.smooth([r["loss"] for r in runs[name]], window)
+    b = plots.smooth([r["loss"] for r in runs["bf16-emulated"]], window)
     return ((a - b) / b).tolist()
 
 
@@ -262,7 +262,7 @@ def precision_figure(runs: dict[str, list[dict]], window: int = 10):
     seed makes (the noise floor of a run this short)."""
     fig, (ax1, ax2) = plots.figure(2, width=4.6, height=3.0)
     for name, rows in runs.items():
-        ax1.plot(train.smooth([r["loss"] for r in rows], window), label=name, lw=1.2)
+        ax1.plot(plots.smooth([r["loss"] for r in rows], window), label=name, lw=1.2)
     ax1.set(xlabel="training step", ylabel=f"training loss ({window}-step mean)", title="the same run, three ways")
     ax1.legend(fontsize=7)
     if NOISE in runs:

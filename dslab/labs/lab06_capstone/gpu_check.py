@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from dslab import train
+from dslab import capstone
+from dslab.fp8 import real_fp8_supported
 
 RUNS = (("gpu-small", "bf16"), ("gpu-full", "bf16"), ("gpu-small", "fp8"), ("gpu-small", "fp8-emulated"))
 
@@ -30,12 +31,12 @@ def measure(preset: str, precision: str, steps: int, device: str, changes: dict)
     training loss over the last quarter of the steps)."""
     settings = {"precision": precision, "device": device, "steps": steps, "eval_every": steps,
                 "checkpoint_every": steps, "warmup": max(1, steps // 10), "load_every": 0,
-                "n_chars": min(5_000_000, train.preset_config(preset).n_chars), **changes}
-    cfg = train.preset_config(preset, **settings)
+                "n_chars": min(5_000_000, capstone.preset_config(preset).n_chars), **changes}
+    cfg = capstone.preset_config(preset, **settings)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
-        result = train.run(cfg, Path(tmp) / "run", desc=f"{preset} {precision}")
+        result = capstone.pretraining_run(cfg, Path(tmp) / "run", desc=f"{preset} {precision}")
     tail = result.history[-max(1, steps // 4):]
     return {**result.summary, "preset": preset, "precision": precision,
             "loss_last_quarter": sum(r["loss"] for r in tail) / len(tail)}
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "steps": a.steps, "runs": []}
     for item in a.runs.split(","):
         preset, precision = item.split(":")
-        if precision == "fp8" and not train.real_fp8_supported(a.device):
+        if precision == "fp8" and not real_fp8_supported(a.device):
             print(f"{preset} fp8: skipped, this device has no FP8 GEMMs")
             continue
         s = measure(preset, precision, a.steps, a.device, changes)

@@ -3,7 +3,7 @@ side, one metric at a time, with your own run on top when you give it."""
 
 from __future__ import annotations
 
-from dslab import plots, train
+from dslab import plots
 from dslab.labs.lab06_capstone import experiments
 
 METRICS = {"loss": "training loss (nats/char)", "val_loss": "validation loss (nats/char)",
@@ -33,7 +33,7 @@ def reference_explorer(metric: str = "loss", window: int = 20, runs: tuple[str, 
         if not values:
             numbers[label] = "-"
             continue
-        smooth = train.smooth(values, max(1, window))
+        smooth = plots.smooth(values, max(1, window))
         style = dict(color="k", ls="--", lw=1.8) if name == "your run" else dict(lw=1.2)
         ax.plot(steps, smooth, label=label, **style)
         numbers[label] = round(float(smooth[-1]), 4)

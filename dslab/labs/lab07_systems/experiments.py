@@ -16,7 +16,8 @@ from dslab.model import Transformer
 
 DEMO_CONFIG = "tiny-moe"  # 16 routed experts in 4 groups (2 kept), top-4, 1 shared, sigmoid gate with a bias
 V3_GPUS, V3_GPUS_PER_NODE = 64, 8  # V3 §4.2: routed experts on 64 GPUs over 8 nodes
-H800_BF16_DENSE, H800_FP8_DENSE = 989.4e12, 1978.9e12  # NVIDIA H800 SXM datasheet, dense (V3 ran its GEMMs in FP8)
+H800_BF16_DENSE = runtime.GPU_PEAK_TFLOPS["H800"]["bfloat16"] * 1e12  # NVIDIA H800 SXM datasheet, dense
+H800_FP8_DENSE = 1978.9e12  # the same datasheet's dense FP8 peak (V3 ran its GEMMs in FP8)
 
 
 # --------------------------------------------------------------------------------------------- the all-to-all

@@ -3,9 +3,11 @@ and bubbles side by side, simulated (``dslab.systems.simulate``) next to V3 Tabl
 
 from __future__ import annotations
 
+import ipywidgets as W
 from matplotlib.figure import Figure
 
 from dslab import systems
+from dslab.widgets import explore
 
 
 def schedule_explorer(pp: int = 4, microbatches: int = 8, F: float = 1.0, B: float = 2.0,  # noqa: N803
@@ -49,8 +51,6 @@ def schedule_explorer(pp: int = 4, microbatches: int = 8, F: float = 1.0, B: flo
 
 def schedule_controls() -> dict:
     """The ipywidgets controls of ``schedule_explorer``."""
-    import ipywidgets as W
-
     return {
         "pp": W.IntSlider(4, min=1, max=16, description="stages PP"),
         "microbatches": W.IntSlider(8, min=1, max=48, description="micro-batches"),
@@ -64,6 +64,4 @@ def schedule_controls() -> dict:
 
 def schedule_explorer_widget():
     """Sliders for schedule_explorer; headless, the static default figure."""
-    from dslab.widgets import explore
-
     return explore(schedule_explorer, schedule_controls())

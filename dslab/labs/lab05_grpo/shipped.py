@@ -1,0 +1,186 @@
+"""What lab 05 ships in ``datasets/`` and how it is read and written: the frozen RL splits, the policy checkpoints
+with their JSON cards (``base.pt``, ``student.pt``, ``r1_zero.pt``), and the metrics and summaries of the comparison
+runs (``runs/<name>.jsonl``, ``runs/<name>.summary.json``), with the tables and figures the notebook draws from them.
+
+Everything here is written by ``python -m dslab.labs.lab05_grpo.artifacts`` and only read by the notebook; the
+harnesses that make the runs are in ``experiments``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import dslab
+from dslab import data, plots
+from dslab.checkpoint import read_metrics
+from dslab.configs import ModelArgs
+from dslab.labs.lab05_grpo.widgets import plot_curves
+from dslab.model import Transformer
+
+
+# ------------------------------------------------------------------------------------------------------ files
+def artifacts_dir() -> Path:
+    """datasets/grpo/ of the course checkout this package runs from."""
+    root = Path(dslab.__file__).resolve().parents[1] / "datasets"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} not found: lab 05 reads its shipped checkpoints from the course checkout's "
+                                "datasets/ folder (install dslab with `pip install -e .` from the checkout)")
+    return root / "grpo"
+
+
+def split(name: str) -> list[data.Task]:
+    """A frozen RL split ("train", "val", "test" or "hard") from datasets/rl_arithmetic/."""
+    return data.load_tasks(name, artifacts_dir().parent)
+
+
+def read_card(name: str) -> dict:
+    """The JSON card of a shipped checkpoint (datasets/grpo/<name>.json)."""
+    return json.loads((artifacts_dir() / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def load_policy(name: str = "base", rows: int = 256, path: Path | None = None) -> Transformer:
+    """A shipped checkpoint ("base" or "student", from datasets/grpo/) as a policy in eval mode."""
+    path = path or artifacts_dir() / f"{name}.pt"
+    card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    model = Transformer(ModelArgs.from_dict(card["args"]), max_batch_size=rows)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in torch.load(path, weights_only=True, map_location="cpu").items()})
+    return model.eval()
+
+
+def save_policy(model: Transformer, path: Path, card: dict) -> None:
+    """Write the weights in float16 (half the bytes; ``load_policy`` turns them back into float32) and a JSON card
+    (architecture, how it was made) beside them. The model's own weights are rounded the same way first, so whatever
+    is measured on it afterwards (the card's scores) describes exactly the shipped file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rounded = {k: v.detach().half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(rounded)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in rounded.items()}, path)
+    card = {"args": model.args.to_dict(), "params": model.num_params(), **card}
+    path.with_suffix(".json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def update_card(path: Path, **fields) -> None:
+    """Add fields to a checkpoint's card."""
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card.update(fields)
+    card_path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------- the comparison runs
+def read_runs(names: Sequence[str], folder: Path | None = None) -> dict[str, list[dict]]:
+    """Shipped metrics files (datasets/grpo/runs/<name>.jsonl) as {name: rows}."""
+    folder = folder or artifacts_dir() / "runs"
+    return {n: read_metrics(folder / f"{n}.jsonl") for n in names}
+
+
+def read_summary(name: str) -> dict:
+    return json.loads((artifacts_dir() / "runs" / f"{name}.summary.json").read_text(encoding="utf-8"))
+
+
+# The held-out accuracy at which the run comparisons are timed: the default R1-Zero run gets there late in its 60 steps,
+# so a faster or slower recipe shows as an earlier or later step (or "never").
+REACH = 0.6
+
+
+def first_reaching(rows: Sequence[dict], metric: str, level: float) -> dict | None:
+    """The first row whose ``metric`` is >= level (None if no row gets there)."""
+    return next((r for r in rows if r.get(metric, -1) >= level), None)
+
+
+def _at_cpu(rows: Sequence[dict], seconds: float, metric: str = "val_accuracy") -> float | None:
+    """The last logged ``metric`` at or before ``seconds`` CPU seconds."""
+    vals = [r[metric] for r in rows if metric in r and r["cpu_seconds"] <= seconds]
+    return vals[-1] if vals else None
+
+
+def print_summaries(names: Sequence[str], level: float = REACH) -> None:
+    """Per shipped run: held-out accuracy at the start and end, when it first reached ``level`` (step and CPU
+    minutes), the final test greedy/pass@1/cons@16 and hard greedy accuracy, and how its samples are written."""
+    print(f"{'run':<24}{'val start':>10}{'val end':>9}{f'≥{level:.0%} at step':>15}{'CPU min':>9}{'test greedy':>12}"
+          f"{'pass@1':>8}{'cons@16':>9}{'hard':>7}{'mixed':>7}{'no work':>8}")
+    for name in names:
+        rows, s = read_runs([name])[name], read_summary(name)
+        vals = [r for r in rows if "val_accuracy" in r]
+        hit = first_reaching(vals, "val_accuracy", level)
+        when = f"{hit['step']:>15}{hit['cpu_seconds'] / 60:>9.1f}" if hit else f"{'never':>15}{'':>9}"
+        k = max(int(m.split("@")[1]) for m in s["test"] if m.startswith("cons@"))
+        print(f"{name:<24}{vals[0]['val_accuracy']:>10.1%}{vals[-1]['val_accuracy']:>9.1%}{when}"
+              f"{s['test']['greedy']:>12.1%}{s['test']['pass@1']:>8.1%}{s['test'][f'cons@{k}']:>9.1%}"
+              f"{s['hard']['greedy']:>7.1%}{s['test']['style']['mixed']:>7.1%}{s['test']['style']['no_working']:>8.1%}")
+
+
+def comparison_figure(runs: dict[str, list[dict]], metrics: Sequence[str], x: str = "step"):
+    """One panel per metric, one line per run, against GRPO step or CPU minutes."""
+    fig, axes = plots.figure(len(metrics), width=4.2, height=3.2)
+    for ax, metric in zip(axes, metrics):
+        plot_curves(runs, metric, x, window=1 if metric.startswith("val") else 5, ax=ax)
+    return fig
+
+
+def ablation_figure(runs: dict[str, list[dict]], groups: dict[str, list[str]]):
+    """One panel per ablation: held-out accuracy against CPU minutes, one line per setting."""
+    fig, axes = plots.figure(len(groups), width=3.6, height=3.0)
+    for ax, (title, names) in zip(axes, groups.items()):
+        plot_curves({n: runs[n] for n in names}, "val_accuracy", "cpu_minutes", ax=ax, title=title)
+        ax.set_ylim(0, 1.02)
+    return fig
+
+
+def ablation_extras_figure(runs: dict[str, list[dict]]):
+    """What each ablation changes inside the run: KL to the reference (β), clip fraction (ε), the share of groups
+    with no signal (G and std scaling)."""
+    fig, axes = plots.figure(3, width=4.2, height=3.0)
+    plot_curves({n: runs[n] for n in ("r1_zero", "beta_0.04")}, "kl", window=5, ax=axes[0],
+                title="KL to the reference (k3, per token)")
+    plot_curves({n: runs[n] for n in ("mu2_eps_0.2", "mu2_eps_10")}, "clip_fraction", window=5,
+                ax=axes[1], title="tokens clipped (μ = 2)")
+    plot_curves({n: runs[n] for n in ("G_4", "r1_zero")}, "zero_variance", window=5, ax=axes[2],
+                title="groups with no signal")
+    return fig
+
+
+def claims_table(history: Sequence[dict], results: dict, r1_runs: dict[str, list[dict]],
+                 student_runs: dict[str, list[dict]], k: int) -> None:
+    """The papers' claims next to this notebook's numbers (the live run, its evaluation, and the shipped runs)."""
+    base, after = results["base"]["test"], results["after GRPO"]["test"]
+    vals = [r for r in history if "val_accuracy" in r]
+    lengths = [r["completion_length"] for r in history if "completion_length" in r]
+    n = max(1, min(5, len(lengths) // 3))
+
+    def reach(name: str, level: float = REACH) -> str:
+        hit = first_reaching([r for r in r1_runs[name] if "val_accuracy" in r], "val_accuracy", level)
+        return f"step {hit['step']} ({hit['cpu_seconds'] / 60:.1f} CPU min)" if hit else "never"
+
+    mixed = {n_: read_summary(n_)["test"]["style"]["mixed"] for n_ in r1_runs}
+    end = {n_: [r for r in rows if "val_accuracy" in r][-1]["val_accuracy"] for n_, rows in r1_runs.items()}
+    distill, rl = student_runs["student_distill"], student_runs["student_grpo"]
+    budget = distill[-1]["cpu_seconds"]
+    rl_at = _at_cpu(rl, budget)
+    rows = [
+        ("R1-Zero: accuracy rises with RL from a base model and rule-based rewards",
+         "AIME pass@1 15.6% -> 71.0% (R1 §2.2.4)",
+         f"held-out greedy {vals[0]['val_accuracy']:.1%} -> {vals[-1]['val_accuracy']:.1%}; test pass@1 "
+         f"{base['pass@1']:.1%} -> {after['pass@1']:.1%}"),
+        ("majority voting beats a single sample", "cons@64 86.7% vs pass@1 71.0% (R1 §2.2.4)",
+         f"test cons@{k} {after[f'cons@{k}']:.1%} vs pass@1 {after['pass@1']:.1%} (base: {base[f'cons@{k}']:.1%} vs "
+         f"{base['pass@1']:.1%})"),
+        ("responses grow longer during RL", "R1 Fig. 3: thousands of tokens by the end",
+         f"mean completion {sum(lengths[:n]) / n:.0f} -> {sum(lengths[-n:]) / n:.0f} tokens (first vs last {n} steps)"),
+        ("a cold start makes RL converge faster", "R1 §2.3.1 (qualitative)",
+         f"{REACH:.0%} held-out: R1-Zero {reach('r1_zero')}, cold start {reach('cold_start')}"),
+        ("language consistency: a little accuracy for readability", "R1 §2.3.2 (ablation, qualitative)",
+         f"mixed-notation samples {mixed['r1_zero']:.1%} -> {mixed['consistency']:.1%}; final held-out "
+         f"{end['r1_zero']:.1%} -> {end['consistency']:.1%}"),
+        ("distillation beats RL on the small model", "Qwen-32B AIME 72.6 vs 47.0 (R1 §4.1, Table 6)",
+         f"student at {budget / 60:.1f} CPU min: distilled {distill[-1]['val_accuracy']:.1%}, GRPO "
+         + (f"{rl_at:.1%}" if rl_at is not None else "not yet evaluated")),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for claim, paper, ours in rows:
+        print(f"{claim:<{width}}\n    paper: {paper}\n    here:  {ours}")
