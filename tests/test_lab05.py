@@ -241,6 +241,7 @@ def test_cold_start_examples_are_seeded_readable_train_split_pairs():
     assert not hasattr(ex, "cold_start_pairs")  # that name is dslab.data's (any tasks -> pairs)
 
 
+@pytest.mark.slow
 def test_artifacts_script_runs_at_a_reduced_size(tmp_path):
     from dslab.labs.lab05_grpo import artifacts
 
@@ -327,3 +328,15 @@ def test_policy_sizes_and_clone():
     assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), base.state_dict().values()))
     with pytest.raises(ValueError, match="size"):
         ex.policy_args("huge")
+
+
+def test_the_lone_success_is_found_when_formats_differ(capsys):
+    """Exercise 5.4's live check reads the lone success on the accuracy reward alone: a group with one right answer
+    is found even when the format reward splits the wrong ones into two values (it never fired before)."""
+    G = 4
+    groups = {"accuracy": torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0]), "format": torch.tensor([1.0, 0, 1, 1, 1, 1, 1, 1])}
+    groups["reward"] = groups["accuracy"] + 0.1 * groups["format"]
+    acc_adv = grpo.group_advantages(groups["accuracy"], G)
+    ex.print_groups(groups, grpo.group_advantages(groups["reward"], G), G, (1.5, -0.5), accuracy_advantages=acc_adv)
+    out = capsys.readouterr().out
+    assert "1 groups with exactly one right answer" in out and f"{acc_adv[0].item():+.4f}" in out
