@@ -209,7 +209,7 @@ def enable_training(model: nn.Module, block: int = BLOCK, fmt: str = "e4m3", gra
     GEMMs. Embedding, head, router (``Gate``), norms and the attention core stay in high precision, as in V3
     (§3.3.1). Calling it again changes the recipe. MoE layers must use the grouped dispatch (ValueError otherwise;
     nothing is changed then). MLA's absorbed decoding path (eval mode, with a KV cache) reads ``wkv_b.weight``
-    directly and so stays in high precision; training and ``dslab.train.evaluate`` run the FP8 path.
+    directly and so stays in high precision; training and ``dslab.train.estimate_loss`` run the FP8 path.
     fmt = grad_fmt = "bf16" rounds the same GEMM inputs to BF16 instead: a BF16 baseline emulated the same way.
     """
     if not isinstance(model, nn.Module):
