@@ -95,7 +95,7 @@ CHROMIUM ?= /usr/lib/chromium/chromium
 browser-check: setup
 	@if [ -x $(CHROMIUM) ] && $(PY) -c "import playwright" 2>/dev/null; then \
 	  $(PY) -m dslab html --out build/html >/dev/null && \
-	  $(PY) tools/browser_check.py --out build/browser --html build/html --chromium $(CHROMIUM); \
+	  $(PY) tools/browser_check.py --out build/browser --html build/html --chromium $(CHROMIUM) --jobs $(JOBS); \
 	else \
 	  echo "skipped: browser check (needs Debian's chromium and playwright: sudo apt-get install -y chromium;" \
 	       "$(PY) -m pip install playwright)"; \

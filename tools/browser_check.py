@@ -5,8 +5,9 @@ Part of ``make test`` when a browser is present (``make browser-check`` alone). 
     apt-get install -y chromium          # the real binary, /usr/lib/chromium/chromium, is what Playwright drives
     .venv/bin/pip install playwright     # do NOT run `playwright install`: it downloads a browser of its own
 
-Usage: ``.venv/bin/python tools/browser_check.py [NOTEBOOK ...] --out DIR [--full] [--allow-errors]``
-(default: every notebook in solutions/). The notebooks are copied to a temp folder with ``FAST=True`` injected
+Usage: ``.venv/bin/python tools/browser_check.py [NOTEBOOK ...] --out DIR [--full] [--allow-errors] [--jobs N]``
+(default: every notebook in solutions/; ``--jobs N`` checks N notebooks at a time, each shard in a JupyterLab and a
+browser of its own, and merges their reports). The notebooks are copied to a temp folder with ``FAST=True`` injected
 after their ``parameters`` cell (unless --full) and opened in a JupyterLab server of their own, started on a free
 port and killed at the end. For each notebook: run all cells; fail on an error output (with --allow-errors, meant for
 labs/, NotImplementedError from unsolved exercises is allowed and every cell still runs; today's labs/ need no
@@ -402,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chromium", default=CHROMIUM, help="the browser binary (default: %(default)s)")
     ap.add_argument("--html", type=Path, help="also open the static copy in this folder (make html): index and a page")
     ap.add_argument("-v", "--verbose", action="store_true", help="print notes (stderr, sizes, values) per notebook")
+    ap.add_argument("--jobs", type=int, default=1, help="notebooks checked at once, each shard in its own server")
+    ap.add_argument("--shard", default="", help=argparse.SUPPRESS)  # set by --jobs: names this shard's files
     args = ap.parse_args(argv)
     try:
         from playwright.sync_api import sync_playwright
@@ -412,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
 
     notebooks = args.notebooks or sorted((ROOT / "solutions").glob("*.ipynb"))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.jobs > 1 and len(notebooks) > 1:
+        return run_shards(notebooks, args)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="browser_check_") as tmp:
         work = Path(tmp) / "nb"
@@ -423,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, ValueError) as exc:
                 results.append(Result(name, failures=[str(exc)]))
         t0 = time.monotonic()
-        server, url = start_lab(work, Path(tmp), args.out / "jupyter-lab.log")
+        server, url = start_lab(work, Path(tmp), args.out / f"jupyter-lab{args.shard}.log")
         try:
             print(f"jupyter-lab pid {server.pid} at {url} ({time.monotonic() - t0:.1f} s to start)", file=sys.stderr)
             with sync_playwright() as p:
@@ -444,11 +449,34 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_lab(server)
     report = [{**asdict(r), "ok": r.ok} for r in results]
-    (args.out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    (args.out / f"report{args.shard}.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     for r in results:
         if not r.ok and r.name not in copies:
             print(r.line())
     return 0 if all(r.ok for r in results) else 1
+
+
+def run_shards(notebooks: list[Path], args: argparse.Namespace) -> int:
+    """Check the notebooks in ``args.jobs`` shards side by side (this script again, one process per shard, each with
+    its own JupyterLab, kernel and browser, one intra-op thread per kernel so the shards do not fight over cores);
+    print their lines and merge their reports into report.json. The static copy is checked by the first shard."""
+    procs = []
+    for i in range(args.jobs):
+        mine = notebooks[i::args.jobs]
+        if not mine:
+            continue
+        cmd = [sys.executable, __file__, *map(str, mine), "--out", str(args.out), "--timeout", str(args.timeout),
+               "--chromium", args.chromium, "--shard", f"-{i}", *(["--full"] if args.full else []),
+               *(["--allow-errors"] if args.allow_errors else []), *(["-v"] if args.verbose else []),
+               *(["--html", str(args.html)] if args.html and i == 0 else [])]
+        procs.append((i, subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})))
+    codes = [p.wait() for _, p in procs]
+    report = []
+    for i, _ in procs:
+        path = args.out / f"report-{i}.json"
+        report += json.loads(path.read_text()) if path.exists() else [{"name": f"shard {i}", "ok": False}]
+    (args.out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    return 0 if not any(codes) and all(r["ok"] for r in report) else 1
 
 
 if __name__ == "__main__":
