@@ -80,6 +80,7 @@ def test_reference_runs_show_what_their_names_say():
     assert last["lr_too_high"] > last["healthy"]
 
 
+@pytest.mark.slow
 def test_the_first_steps_of_each_reference_run_are_reproduced(tmp_path):
     """Regenerating a whole run takes minutes; its first steps (the same data, initial weights and schedule) must come
     out as the file says, to the CSV's six significant digits (CPU float rounding may differ between machines)."""

@@ -17,6 +17,7 @@ def _dslab(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "dslab", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_doctor_prints_one_line_per_requirement():
     out = _dslab("doctor")
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[")]

@@ -187,6 +187,7 @@ def test_labs_are_in_sync_with_solutions():
     assert build_all(ROOT / "solutions", ROOT / "labs", check=True) == []
 
 
+@pytest.mark.slow
 def test_build_check_cli_fails_on_a_stale_lab(tmp_path):
     labs, sols = tmp_path / "labs", tmp_path / "solutions"
     sols.mkdir()

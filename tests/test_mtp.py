@@ -376,6 +376,7 @@ def _sample_counts(model, prompt, n_samples, n_draft, seed):
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_draft", [1, 2])
 def test_sampled_speculative_matches_the_plain_distribution(sampling_case, n_draft):
     """Fixed seed, 1,000 sequences of 4 tokens (256 outcomes): Pearson's χ² against the exact plain-sampling
@@ -391,6 +392,7 @@ def test_sampled_speculative_matches_the_plain_distribution(sampling_case, n_dra
     assert _chi2_pvalue(plain, exact) > 1e-3  # the reference sampler passes the same test
 
 
+@pytest.mark.slow
 def test_the_distribution_test_rejects_a_sampler_that_always_accepts(sampling_case, monkeypatch):
     model, prompt, exact = sampling_case
     monkeypatch.setattr(mtp, "accept_probability", lambda p, q, token: 1.0)

@@ -112,6 +112,7 @@ def test_resume_continues_bit_for_bit(tmp_path, ids):
     assert strip(read_metrics(tc.metrics)) == strip(straight)
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     changes = {**TINY, **SMALL_RUN, "steps": 60, "eval_every": 20, "checkpoint_every": 10, "load_every": 0}
     args = ["train", "--preset", "cpu", "--threads", "1", *sets(changes)]
@@ -160,6 +161,7 @@ def test_gradient_accumulation_equals_the_whole_batch(ids):
         assert torch.allclose(p, q, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_gloo_processes_stays_in_sync_with_one_process(tmp_path):
     """Stated tolerance: the reduction order of 2 ranks changes float sums, so over 6 steps losses agree to 1e-5
     relative and parameters to 1e-4; expert loads are integers summed over ranks, equal on >= 99% of entries, and each
@@ -236,6 +238,7 @@ def test_damaged_or_foreign_checkpoints_are_named(tmp_path, ids):
         T.train_lm(C.init_model(cfg), train_ids, val_ids, replace(tc, lr=1e-4))
 
 
+@pytest.mark.slow
 def test_a_run_folder_refuses_other_settings_and_the_cli_says_which_file(tmp_path):
     out = tmp_path / "run"
     C.pretraining_run(tiny_config(steps=2, checkpoint_every=2), out, measure_peak=False)
