@@ -15,7 +15,7 @@ from dslab import accounting
 from dslab.configs import load
 from dslab.course import answers
 from dslab.course.build import BuildError, build_all, build_lab, normalize, strip_solutions
-from dslab.course.check import evaluate
+from dslab.course.check import verdict
 from dslab.course.exercises import Case, compare_close, compare_exact, exercises, find, lab_modules, notebook_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +34,9 @@ def test_every_lab_package_names_a_solution_notebook_and_valid_exercises():
 
 @pytest.mark.parametrize("exercise", [ex for lab in lab_modules() for ex in exercises(lab)], ids=lambda e: e.id)
 def test_reference_passes_public_cases_and_hidden_cases_are_plain_varied_data(exercise):
-    assert evaluate(exercise.id, exercise.reference)[0] == "passed"
+    assert verdict(exercise.id, exercise.reference)[0] == "passed"
     for mistake in exercise.mistakes:  # a registered mistake that passes the public cases would be a dead hint
-        assert evaluate(exercise.id, mistake.fn)[0] == "failed", mistake.name
+        assert verdict(exercise.id, mistake.fn)[0] == "failed", mistake.name
     a, b = exercise.hidden_cases(random.Random(1)), exercise.hidden_cases(random.Random(2))
     public = {answers.to_json(c.args) for c in exercise.public_cases()}
     assert not public & {answers.to_json(c.args) for c in a}, "hidden cases must not repeat the public ones"
@@ -72,7 +72,7 @@ def _raise_not_implemented(*args):
     (42, "failed", "expected a function"),
 ])
 def test_check_statuses(answer, status, fragment):
-    got_status, message = evaluate("00.mla_params", answer)
+    got_status, message = verdict("00.mla_params", answer)
     assert got_status == status and fragment in message and "\n" not in message
 
 
@@ -90,7 +90,7 @@ def test_check_stops_a_runaway_answer():
 
     old, C.CALL_SECONDS = C.CALL_SECONDS, 0.2
     try:
-        status, message = evaluate("00.mla_params", lambda args: [0 for _ in iter(int, 1)])
+        status, message = verdict("00.mla_params", lambda args: [0 for _ in iter(int, 1)])
     finally:
         C.CALL_SECONDS = old
     assert status == "failed" and "longer than" in message
@@ -207,7 +207,7 @@ def test_a_registry_entry_that_breaks_is_an_error_not_a_verdict(monkeypatch):
     broken = Case((1,), "one")
     ex = find("00.mla_params")
     monkeypatch.setattr(C, "find", lambda _: type(ex)(**{**ex.__dict__, "public_cases": lambda: 1 / 0}))
-    status, message = evaluate("00.mla_params", accounting.mla_params)
+    status, message = verdict("00.mla_params", accounting.mla_params)
     assert status == "error" and "ZeroDivisionError" in message
     with pytest.raises(ValueError, match="kind"):
         type(ex)(**{**ex.__dict__, "kind": "essay"})
@@ -277,7 +277,7 @@ def test_check_and_grader_judge_numpy_answers_alike():
                    lambda load: torch.tensor(moe.max_vio(load))):
         for case in ex.public_cases():
             assert judge(ex, case, call(answer, case.args, 5.0)) is None  # what the grader decides
-        assert evaluate("01.max_vio", answer)[0] == "passed"  # what dslab.check shows
+        assert verdict("01.max_vio", answer)[0] == "passed"  # what dslab.check shows
 
 
 def test_answers_refuse_oversized_or_forged_payloads():

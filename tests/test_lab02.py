@@ -22,14 +22,6 @@ EXERCISES = {e.id: e for e in lab02_exercises.EXERCISES}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_exercise_registry():
     assert lab02_fp8.NOTEBOOK == "02_fp8"
     assert [(e.id, e.target, e.kind) for e in lab02_exercises.EXERCISES] == [

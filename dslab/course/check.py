@@ -33,7 +33,7 @@ def run_cases(ex: Exercise, answer, cases) -> tuple[str, str]:
     return "passed", f"public checks passed ({len(cases)} cases); hidden cases are graded separately"
 
 
-def evaluate(exercise_id: str, answer) -> tuple[str, str]:
+def verdict(exercise_id: str, answer) -> tuple[str, str]:
     """(status, one-line message) for ``answer``; status is passed, failed, not-attempted or error."""
     try:
         ex = find(exercise_id)
@@ -58,7 +58,7 @@ _COLOR = {"passed": "#1a7f37", "failed": "#cf222e", "not-attempted": "#9a6700", 
 def check(exercise_id: str, answer=None) -> bool:
     """Print one line of feedback on ``answer`` for ``exercise_id``; True when the public cases pass."""
     try:
-        status, msg = evaluate(exercise_id, answer)
+        status, msg = verdict(exercise_id, answer)
         _show(status, f"{_ICON[status]} {msg}", exercise_id)
         return status == "passed"
     except Exception as e:  # noqa: BLE001 - the promise is: never raise
