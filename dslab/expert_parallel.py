@@ -471,8 +471,10 @@ def check_against_moe(rank: int, world_size: int, args: ModelArgs, tokens: list[
 
 
 def _report(rank: int, world_size: int, r: dict) -> None:
-    print(f"rank {rank}/{world_size}: sent {r['sent']} received {r['received']}; max |diff| output {r['output']:.2e}, "
-          f"input grad {r['input_grad']:.2e}, expert grads {r['expert_grads']:.2e}", flush=True)
+    # One write per line: ranks share stdout under torchrun, and print's separate write of "\n" lets lines interleave.
+    sys.stdout.write(f"rank {rank}/{world_size}: sent {r['sent']} received {r['received']}; max |diff| output "
+                     f"{r['output']:.2e}, input grad {r['input_grad']:.2e}, expert grads {r['expert_grads']:.2e}\n")
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
