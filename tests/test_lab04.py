@@ -1,7 +1,8 @@
 """Lab 04 (MTP): the exercise registry in notebook order, every known wrong answer fails with its own hint, answers
 that delegate to the reference are seen, the lab's buggy version is the registry's draft, the experiment harnesses
-(prompts, decoding summaries, depth accuracy), the speculation explorer reacts to its controls, the diagrams are drawn,
-and the solution builds into a lab with one stub per exercise."""
+(prompts, decoding summaries, depth accuracy), the speculation explorer reacts to its controls, the diagrams are drawn
+(the one that states 4.3's and 4.4's rules is shown after them), and the solution builds into a lab with one stub per
+exercise."""
 
 import random
 import re
@@ -196,6 +197,7 @@ def test_diagrams_name_what_each_depth_reads_and_predicts():
     text = " ".join(t.get_text() for t in fig.axes[0].texts)
     assert "Emb($t_{3}$)\n→ $t_{4}$" in text and "$h^0_5$ → $t_{6}$" in text and "MTP module 2" in text
     assert text.count("in the window") == 3  # depth 1 loses one position, depth 2 two
+    assert "divides by" not in text  # how eq. 24 normalizes is Exercise 4.2's to find
     step = " ".join(t.get_text() for t in DIAGRAMS["speculative_step.png"]().axes[0].texts)
     assert "min(1, p(x)/q(x))" in step and "bonus" in step
 
@@ -214,3 +216,12 @@ def test_solution_builds_into_a_lab_with_one_stub_per_exercise():
     assert "**Time:** <!-- dslab:time -->" in lab.cells[0].source
     attachments = {n for c in lab.cells if c.cell_type == "markdown" for n in c.get("attachments", {})}
     assert attachments == {"mtp_shift.png", "speculative_step.png"}
+
+
+def test_the_picture_of_both_verification_rules_comes_after_the_exercises_that_ask_for_them():
+    """speculative_step.png draws the greedy step's two outcomes and the sampled acceptance rule, the answers of 4.3
+    and 4.4; the test that no statement gives its answer away reads text, not pictures, so this one checks where the
+    picture is shown."""
+    lab = build_lab(nbformat.read(SOLUTION, as_version=4), "04_mtp")
+    first = lambda text: next(i for i, c in enumerate(lab.cells) if text in c.source)  # noqa: E731
+    assert first("attachment:speculative_step.png") > first('dslab.check("04.accept"') > first("### Exercise 4.3")

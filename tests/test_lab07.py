@@ -26,8 +26,8 @@ def test_exercise_registry():
     assert lab07_systems.NOTEBOOK == "07_systems"
     assert [(e.id, e.target, e.kind) for e in lab07_exercises.EXERCISES] == [
         ("07.split_sizes", "a2a_split_sizes", "implement"), ("07.node_limited", "node_limited_route", "implement"),
-        ("07.bubble_1f1b", "one_f_one_b_bubble", "predict"), ("07.bubble_dualpipe", "dualpipe_bubble", "debug"),
-        ("07.mfu", "mfu", "implement")]
+        ("07.dispatch_copies", "dispatch_copies", "implement"), ("07.bubble_1f1b", "one_f_one_b_bubble", "predict"),
+        ("07.bubble_dualpipe", "dualpipe_bubble", "debug")]
     assert all(ex.mistakes for ex in lab07_exercises.EXERCISES)
 
 
@@ -63,6 +63,20 @@ def test_node_limited_hidden_cases_cover_the_corners(seed):
 def test_split_hidden_cases_put_several_experts_on_a_rank(seed):
     cases = EXERCISES["07.split_sizes"].hidden_cases(random.Random(seed))
     assert any(c.args[1] // c.args[0].shape[0] > 1 for c in cases)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_copies_hidden_cases_put_the_tokens_off_each_node_s_first_gpu(seed):
+    cases = EXERCISES["07.dispatch_copies"].hidden_cases(random.Random(seed))
+    assert any(c.args[1] % c.args[4] for c in cases)  # the in-node index where IB copies land is not 0
+    assert any(c.args[2] > c.args[3] for c in cases)  # several experts on a GPU
+
+
+def test_dispatch_copies_reference_counts_by_hand():
+    """Experts 0-7 on 4 GPUs (2 each) on 2 nodes of 2; a token on GPU 0 choosing experts 2, 6, 7 (GPUs 1, 3, 3):
+    one IB copy to node 1, landing on GPU 2; NVLink to GPU 1 (own node) and GPU 3 (once for both experts)."""
+    ib, nvlink = lab07_exercises.dispatch_copies_reference(torch.tensor([[2, 6, 7], [0, 1, 4]]), 0, 8, 4, 2)
+    assert ib.tolist() == [1, 1] and nvlink.tolist() == [2, 0]  # experts 0, 1, 4: on GPU 0 and where it lands
 
 
 def test_dualpipe_hidden_cases_are_valid_settings():
@@ -114,13 +128,16 @@ def test_schedule_explorer_reacts_to_its_controls():
 def test_v3_traffic_respects_the_limit_and_the_limit_saves_ib():
     scores, bias = X.v3_routing_scores(512, 0)
     rows = X.v3_traffic(lab07_exercises.node_limited_reference, scores, bias)
+    assert rows == X.v3_traffic(lab07_exercises.node_limited_reference, scores, bias,
+                                copies_fn=lab07_exercises.dispatch_copies_reference)
     assert [r.max_nodes_used <= r.max_nodes for r in rows] == [True] * 4
+    assert all(r.ib <= r.max_nodes for r in rows)  # at most one IB copy per node used
     assert rows[0].ib < rows[1].ib < rows[2].ib < rows[3].ib
     assert all(r.ib_per_expert > 6 for r in rows)  # copies per expert do not care about the limit
 
 
 def test_v3_implied_mfu():
-    rows = dict((label, bf16) for label, bf16, _ in X.v3_implied_mfu(lab07_exercises.mfu_reference))
+    rows = dict((label, bf16) for label, bf16, _ in X.v3_implied_mfu())
     assert rows["6N, no attention"] == pytest.approx(0.3428, abs=5e-4)
     assert rows["attention, causal 4K"] == pytest.approx(0.3907, abs=5e-4)
     assert rows["attention, non-causal 4K"] == pytest.approx(0.4385, abs=5e-4)

@@ -6,6 +6,7 @@ find-the-bug exercise showing its buggy code)."""
 
 from __future__ import annotations
 
+import inspect
 import random
 import re
 from pathlib import Path
@@ -117,3 +118,34 @@ def test_the_set_up_cell_can_install_the_kit_where_it_is_missing(lab):
     first = next(c.source for c in _solution(lab).cells if c.cell_type == "code")
     assert "INSTALL_FROM = None" in first and "except ModuleNotFoundError" in first, first[:300]
     assert '"-e", INSTALL_FROM' in first and 'dslab.require("0.1.0")' in first
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text).lower()
+
+
+def _statement(built: nbformat.NotebookNode, ex) -> str:
+    """What a learner sees of exercise ``ex`` before solving it: the generated stub cell (signature, docstring, stub
+    message) and every markdown cell since the previous exercise's stub."""
+    marker = f'NotImplementedError("Exercise {ex.number}:'
+    stub = next(i for i, c in enumerate(built.cells) if c.cell_type == "code" and marker in c.source)
+    start = max((i for i, c in enumerate(built.cells[:stub])
+                 if c.cell_type == "code" and 'NotImplementedError("Exercise ' in c.source), default=-1)
+    return "\n".join(c.source for c in built.cells[start + 1:stub + 1]
+                     if c.cell_type == "markdown" or c is built.cells[stub])
+
+
+@pytest.mark.parametrize("ex", ALL, ids=lambda e: e.id)
+def test_no_exercise_states_its_own_answer(ex):
+    """Each exercise lists the expressions that would give its answer away; at least one of them is in the answer
+    itself (the solution's hidden region or the reference), so the list names the answer, and none is in what the
+    learner reads before solving (the generated lab's stub, docstring and markdown since the previous exercise)."""
+    assert ex.giveaways, f"{ex.id}: list the expressions that would give the answer away (Exercise.giveaways)"
+    solution = _solution(ex.lab)
+    hidden = "\n".join(m for c in solution.cells if c.cell_type == "code"
+                       for m in re.findall(r"### BEGIN SOLUTION(.*?)### END SOLUTION", c.source, re.S))
+    answer = _squash(hidden + inspect.getsource(ex.reference))
+    assert any(_squash(g) in answer for g in ex.giveaways), f"{ex.id}: no giveaway is in the answer itself"
+    shown = _squash(_statement(build_lab(solution, notebook_of(ex.lab)), ex))
+    leaked = [g for g in ex.giveaways if _squash(g) in shown]
+    assert not leaked, f"{ex.id}: the lab states {leaked} before the exercise"

@@ -96,7 +96,9 @@ class Exercise:
 
     kind: "implement" (from the paper's equation), "predict" (compute a number before the notebook measures it) or
     "debug" (repair a plausible wrong version). forbidden: dotted names of callables an answer may not call (the
-    reference and the components it wraps); other package helpers stay allowed.
+    reference and the components it wraps); other package helpers stay allowed. giveaways: the expressions that
+    would hand the answer over (e.g. the sign rule of a bias update); none may appear in the generated lab's stub,
+    its docstring, or the markdown since the previous exercise (compared without white space or case).
     """
 
     id: str
@@ -112,6 +114,7 @@ class Exercise:
     kind: str = "implement"
     mistakes: tuple[Mistake, ...] = ()
     forbidden: tuple[str, ...] = ()
+    giveaways: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in ("implement", "predict", "debug"):

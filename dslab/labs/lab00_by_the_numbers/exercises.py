@@ -243,10 +243,12 @@ EXERCISES = [
         hint="count every tensor of the block: the query path, wkv_a, kv_norm, wkv_b and wo",
         mistakes=MLA_MISTAKES,
         forbidden=("dslab.accounting.mla_params", "dslab.accounting.attention_params"),
+        giveaways=("H·(d_h + d^R_h)", "d_c + d^R_h", "H·(d_h + d_v)",  # the stacked modules' widths, as prose
+                   "args.kv_lora_rank + args.qk_rope_head_dim", "args.qk_nope_head_dim + args.v_head_dim"),
     ),
     Exercise(
         id="00.moe_activated", number="0.2", target="moe_activated_params", points=2, kind="implement",
-        task="return the parameters one token activates in a MoE layer's FFN: shared + top-k routed experts + gate",
+        task="return the parameters one token runs through in the FFN of one MoE layer (V3 eq. 12), an int",
         reference=accounting.moe_activated_params,
         public_cases=lambda: _named("deepseek-v3-671b", "deepseek-v2-236b", "deepseek-v2-lite-16b", "tiny-v3"),
         hidden_cases=lambda rng: [Case((random_moe(rng),), f"random MoE #{i}") for i in range(6)],
@@ -255,6 +257,9 @@ EXERCISES = [
         forbidden=("dslab.accounting.moe_activated_params", "dslab.accounting.moe_layer_params",
                    "dslab.accounting.expert_params", "dslab.accounting.gate_params", "dslab.accounting.layer_params",
                    "dslab.accounting.param_breakdown"),
+        giveaways=("shared + top-k routed experts + gate", "(n_shared + top-k) experts + gate",
+                   "args.n_shared_experts + args.n_activated_experts", "args.n_routed_experts * args.dim",
+                   "3 * args.dim * args.moe_inter_dim"),
     ),
     Exercise(
         id="00.total_params", number="0.3", target="total_params", points=2, kind="debug",
@@ -267,6 +272,8 @@ EXERCISES = [
         mistakes=TOTAL_MISTAKES,
         forbidden=("dslab.accounting.total_params", "dslab.accounting.param_breakdown",
                    "dslab.accounting.layer_params", "dslab.accounting.activated_params"),
+        giveaways=("args.n_layers - args.n_dense_layers", "the first n_dense_layers", "acc.dense_ffn_params(args)",
+                   "acc.head_params(args)"),
     ),
     Exercise(
         id="00.forward_flops", number="0.4", target="forward_flops", points=2, kind="implement",
@@ -282,6 +289,8 @@ EXERCISES = [
         mistakes=FLOPS_MISTAKES,
         forbidden=("dslab.accounting.forward_flops_per_token", "dslab.accounting.attention_flops_per_token",
                    "dslab.accounting.flops_ratio", "dslab.accounting.model_card"),
+        giveaways=("2 * args.n_layers * args.n_heads", "d_h + d^R_h + d_v", "(192 + 128)",
+                   "args.qk_nope_head_dim + args.qk_rope_head_dim + args.v_head_dim"),
     ),
     Exercise(
         id="00.crossover", number="0.5", target="attention_crossover", points=2, kind="predict",
@@ -295,5 +304,7 @@ EXERCISES = [
         mistakes=CROSSOVER_MISTAKES,
         forbidden=("dslab.accounting.forward_flops_per_token", "dslab.accounting.attention_flops_per_token",
                    "dslab.accounting.flops_ratio", "dslab.labs.lab00_by_the_numbers.exercises.crossover_reference"),
+        giveaways=("2N / (attention FLOPs per context token)", "weights / (2 * args.n_layers * args.n_heads",
+                   "849.1", "849 keys"),  # the rule, and the tiny-mha prediction the learner is asked for
     ),
 ]

@@ -381,11 +381,13 @@ LOSS_MISTAKES = (
 EXERCISES = [
     Exercise(
         id="01.route", number="1.1", target="route", points=2,
-        task="pick top_k experts per token from sigmoid/softmax affinities plus bias (groups masked with -inf) and "
-             "return (weights from the unbiased affinities, renormalised for sigmoid, times route_scale, indices)",
+        task="return (weights, indices) of the top_k experts V3's gate picks for each token (eqs. 13-16 and the "
+             "three details)",
         reference=moe.route, public_cases=_route_public, hidden_cases=_route_hidden, compare=compare_routing,
         hint="compare with eqs. 13-16 step by step: affinities, biased selection, group limit, weights",
         mistakes=ROUTE_MISTAKES, forbidden=("dslab.moe.route", "dslab.moe.Gate.forward", "dslab.moe.Gate.select"),
+        giveaways=("s.gather(-1, indices)", "grouped.topk(2, dim=-1).values.sum(-1)",  # eqs. 13-16 as code
+                   'masked_fill(mask.unsqueeze(-1), float("-inf"))', "weights / weights.sum(-1, keepdim=True)"),
     ),
     Exercise(
         id="01.moe_forward", number="1.2", target="moe_forward", points=2,
@@ -396,16 +398,21 @@ EXERCISES = [
         mistakes=MOE_MISTAKES,
         forbidden=("dslab.dispatch.loop_dispatch", "dslab.dispatch.grouped_dispatch", "dslab.moe.Experts.forward",
                    "dslab.moe.MoE.forward", "dslab.labs.lab01_moe.experiments.moe_forward_reference"),
+        giveaways=("torch.where(indices == e)", "index_add_(0, token", "weights[token, slot, None]",
+                   "add the weighted results back"),
     ),
     Exercise(
         id="01.max_vio", number="1.3", target="max_vio", points=1,
-        task="return MaxVio = (max load - mean load) / mean load as a Python float",
+        task="return the MaxVio of one batch's expert loads as a Python float",
         reference=moe.max_vio, public_cases=_vio_public, hidden_cases=_vio_hidden, compare=compare_number,
         hint="convert the load to float before taking the mean; return float(...)",
         mistakes=(Mistake("over max", _vio_over_max, "divide the excess by the mean load, not the maximum"),
                   Mistake("max over mean", _vio_max_over_mean, "MaxVio is the *excess* over the mean: subtract 1 "
                           "(or the mean before dividing)")),
         forbidden=("dslab.moe.max_vio",),
+        giveaways=("(max load - mean load) / mean load", "(max_i load_i − mean load) / mean load",
+                   r"\frac{\max_i \mathrm{load}_i - \overline{\mathrm{load}}}{\overline{\mathrm{load}}}",
+                   "(load.max() - mean) / mean"),
     ),
     Exercise(
         id="01.collapsed", number="1.4", target="collapsed_max_vio", points=1, kind="predict",
@@ -415,10 +422,12 @@ EXERCISES = [
         hint="each of the top_k busy experts gets every token; the mean load is the total slots / n_experts",
         mistakes=(Mistake("ratio", lambda n, k: n / k, "that is max/mean; MaxVio is (max - mean)/mean"),),
         forbidden=("dslab.labs.lab01_moe.experiments.collapsed_max_vio",),
+        giveaways=("n_experts / top_k - 1", "n_experts/top_k − 1", "N_r/K_r - 1", "T·top_k/n_experts"),
     ),
     Exercise(
         id="01.bias_update", number="1.5", target="bias_update", points=2, kind="debug",
-        task="find and fix the bug(s) in bias_update: b_i + gamma * sign(mean load - load_i), a new float tensor",
+        task="find and fix the bug(s) in bias_update: one aux-loss-free update of the biases (V3 §2.1.2), "
+             "returned as a new float tensor",
         reference=moe.bias_update, public_cases=_bias_public, hidden_cases=_bias_hidden,
         compare=lambda e, g: compare_close(e, g, rtol=1e-6, atol=1e-7),
         hint="loads are token counts (integers); overloaded experts must become less attractive",
@@ -428,6 +437,8 @@ EXERCISES = [
                           "aux-loss-free paper found the sign rule better than a step proportional to it"),
                   Mistake("ties", _bias_ignoring_ties, "an expert exactly at the mean keeps its bias: sign(0) = 0")),
         forbidden=("dslab.moe.bias_update", "dslab.moe.MoE.update_bias"),
+        giveaways=("sign(mean", "γ·sign", r"\gamma\,\mathrm{sign}", r"\mathrm{sign}(\overline{\mathrm{load}}",
+                   "torch.sign(load.mean() - load)"),
     ),
     Exercise(
         id="01.balance_loss", number="1.6", target="sequence_balance_loss", points=2,
@@ -438,5 +449,7 @@ EXERCISES = [
              "averages the normalised affinities over the same tokens",
         mistakes=LOSS_MISTAKES,
         forbidden=("dslab.moe.sequence_balance_loss", "dslab.moe.expert_balance_loss", "dslab.moe.MoE.forward"),
+        giveaways=("n_experts / (top_k * seq_len)", "(s / s.sum(-1, keepdim=True)).mean(-2)",  # eqs. 17-20 as code
+                   "alpha * (f * p).sum(-1).mean()"),
     ),
 ]

@@ -435,6 +435,8 @@ EXERCISES = [
         reference=round_e4m3_reference, public_cases=_round_public, hidden_cases=_round_hidden,
         compare=compare_values, mistakes=ROUND_MISTAKES, forbidden=("dslab.fp8.round_to_format",),
         hint="step at |x| = 2^(e-3) with e = floor(log2|x|) but at least -6; round |x|/step half to even; cap at 448",
+        giveaways=("step = torch.exp2((binade - 3).float())", "torch.clamp(e - 1, min=-6)",
+                   "torch.round(mag / step) * step", "step = 2^(floor(log2|x|) - 3)"),
     ),
     Exercise(
         id="02.quantize_tiles", number="2.2", target="quantize_tiles", points=2,
@@ -444,6 +446,8 @@ EXERCISES = [
         compare=compare_quantized, mistakes=TILE_MISTAKES,
         forbidden=("dslab.fp8.quantize", "dslab.fp8.fake_quantize", "dslab.fp8.Recipe.fake"),
         hint="per row, per block of columns: amax = max |x| (at least 1e-4), scale = amax/448, values = E4M3(x/scale)",
+        giveaways=("pad(x.float(), (0, n_tiles * block - k))", ".view(m, n_tiles, block)",
+                   "tiles.abs().amax(dim=-1)", "values.view(m, -1)[:, :k]"),
     ),
     Exercise(
         id="02.flush_threshold", number="2.3", target="flush_threshold", points=1, kind="predict",
@@ -451,14 +455,17 @@ EXERCISES = [
         reference=fp8.flush_threshold, public_cases=_flush_public, hidden_cases=_flush_hidden,
         compare=compare_number, mistakes=FLUSH_MISTAKES, forbidden=("dslab.fp8.flush_threshold",),
         hint="x/scale rounds to 0 when it is at most half the smallest subnormal; scale = max(amax, 1e-4)/max",
+        giveaways=("scale * smallest_subnormal / 2", "min_subnormal / 2", "half the smallest subnormal", "2^-10"),
     ),
     Exercise(
         id="02.dequantize_blocks", number="2.4", target="dequantize_blocks", points=2, kind="debug",
-        task="find and fix the bugs in dequantize_blocks: q [M, N] times the scale of its block×block block",
+        task="find and fix the bugs in dequantize_blocks: return the weight [M, N] that fp8.quantize(w, 'block', "
+             "block) turned into q and scales, for a weight of any shape",
         reference=dequantize_blocks_reference, public_cases=_blocks_public, hidden_cases=_blocks_hidden,
         compare=lambda e, g: compare_close(e, g, rtol=1e-6, atol=1e-30), mistakes=BLOCK_MISTAKES,
         forbidden=("dslab.fp8.dequantize", "dslab.fp8.fake_quantize"),
         hint="scales[i // block, j // block] multiplies q[i, j]; sizes need not be multiples of block",
+        giveaways=("return q * s", "[:m, :n]", "* weight_scale_inv", "times the scale", "multiples of 128"),
     ),
     Exercise(
         id="02.promoted_matmul", number="2.5", target="promoted_matmul", points=2,
@@ -469,5 +476,7 @@ EXERCISES = [
         forbidden=("dslab.fp8.accumulate_mm", "dslab.fp8.scaled_mm"),
         hint="for each chunk of promote_every columns: acc = 0; for each group: acc = truncate(acc + exact group "
              "sum); then total += acc (FP32)",
+        giveaways=("for start in range(0, k, promote_every)", "acc = torch.zeros_like(total)",
+                   "fp8.truncate(acc + a[:, g:stop] @ b[:, g:stop].T, acc_bits)", "total += acc"),
     ),
 ]

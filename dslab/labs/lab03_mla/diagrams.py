@@ -52,7 +52,7 @@ def mla_dataflow():
     plots.arrow(ax, (qn[0] + 0.62, qn[1]), (5.0, qn[1]), "")
     ax.text(5.72, 2.15, "$W^{UK}_i$ folded\ninto the query", ha="center", fontsize=7, color="#b36b00")
     plots.box(ax, 6.95, 1.0, 1.6, 0.8, "scores over cached $j$:\n$q'\\cdot c^{KV}_j + q^R\\cdot k^R_j$\n"
-              "× 1/√(d_h+d^R_h), softmax", QUERY, 7)
+              "scaled (Exercise 3.4), softmax", QUERY, 7)
     plots.arrow(ax, (6.45, 1.8), (6.95, 1.55))
     plots.arrow(ax, (4.55, 0.85), (6.95, 1.2))
     plots.arrow(ax, (lat[0] + 0.85, lat[1] - 0.28), (7.5, 1.8), "", color="#2e7d32")

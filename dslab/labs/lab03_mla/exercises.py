@@ -311,6 +311,8 @@ EXERCISES = [
         compare=lambda e, g: compare_close(e, g, rtol=1e-9, atol=1e-6),
         hint="per token and layer, count what each attention kind stores; then layers, tokens and bits",
         mistakes=KV_MISTAKES,
+        giveaways=("kv_lora_rank + args.qk_rope_head_dim", "d_c + d^R_h", r"\tfrac{9}{2} d_h", "2.25 groups",
+                   "512 + 64"),
         forbidden=("dslab.accounting.kv_cache_bytes", "dslab.accounting.kv_bytes_per_token",
                    "dslab.accounting.kv_elements_per_token", "dslab.mla.cache_elements_per_layer"),
     ),
@@ -323,6 +325,7 @@ EXERCISES = [
         compare=lambda e, g: compare_close(e, g, rtol=1e-4, atol=3e-4),
         hint="pair (x[2j], x[2j+1]) is the complex number x[2j] + i·x[2j+1]; multiply it by e^{i·m·θ_j}",
         mistakes=ROPE_MISTAKES,
+        giveaways=("torch.view_as_complex", "torch.polar", "torch.outer(torch.arange(start_pos, start_pos + seqlen"),
         forbidden=("dslab.nn.apply_rotary_emb", "dslab.nn.rotary_freqs", "dslab.nn.precompute_freqs_cis",
                    "dslab.mla.latent_cache_step", "dslab.labs.lab03_mla.exercises.rope_reference"),
     ),
@@ -335,6 +338,8 @@ EXERCISES = [
         compare=lambda e, g: compare_close(e, g, rtol=1e-4, atol=3e-4),
         hint="wkv_a's first d_c = len(kv_norm_weight) outputs are the latent, the rest the RoPE key (V3 eqs. 1, 3)",
         mistakes=CACHE_MISTAKES,
+        giveaways=("split([d_c, wkv_a.shape[0] - d_c]", "torch.rsqrt(kv.pow(2).mean(-1, keepdim=True) + 1e-6)",
+                   "rope(k_pe, start_pos)"),
         forbidden=("dslab.mla.latent_cache_step", "dslab.labs.lab03_mla.exercises.latent_cache_at"),
     ),
     Exercise(
@@ -346,6 +351,8 @@ EXERCISES = [
         compare=lambda e, g: compare_close(e, g, rtol=1e-6, atol=0.0),
         hint="V3 eq. 10 divides by the square root of the query-key width; §4.3 gives YaRN's temperature",
         mistakes=SCALE_MISTAKES,
+        giveaways=("qk_nope_head_dim + args.qk_rope_head_dim", "d_h + d^R_h", "yarn_mscale(args.rope_factor, "
+                   "args.mscale) ** 2", "square of YaRN", "1/sqrt(192)"),
         forbidden=("dslab.mla.softmax_scale", "dslab.mla.MLA"),
     ),
     Exercise(
@@ -357,6 +364,7 @@ EXERCISES = [
         compare=lambda e, g: compare_close(e, g, rtol=1e-4, atol=1e-5),
         hint="fold W^UK into the query and apply W^UV after the softmax-weighted sum of latents (V2 §2.1.2)",
         mistakes=ABSORB_MISTAKES,
+        giveaways=("wkv_b.view(n_heads, -1", "bshd,hdc->bshc", "bsht,btc->bshc", "bshc,hdc->bshd"),
         forbidden=("dslab.mla.absorbed_attention", "dslab.mla.absorb_query", "dslab.mla.absorbed_scores",
                    "dslab.mla.absorbed_output", "dslab.mla.expand_latent", "dslab.mla.MLA"),
     ),

@@ -36,7 +36,7 @@ def mtp_shift(T: int = 6, depth: int = 2):
             else:
                 plots.box(ax, x, y, w, h, f"no $t_{{{i + k + 1}}}$\nin the window", MISSING, 7,
                           edge=GREY)
-    ax.text(x0 + T * dx + 0.1, ys[1] + h / 2, "depth k runs on\nT - k positions;\n$L^k$ divides by T\n(eq. 24)",
+    ax.text(x0 + T * dx + 0.1, ys[1] + h / 2, "depth k runs on\nT - k positions",
             ha="left", va="center", fontsize=7.5, color="#b36b00")
     ax.text(x0 + 0.1, ys[2] + h + 0.2, "arrows up: the same position i carries $h^{k-1}_i$ into depth k "
             "(the causal chain)", fontsize=7.5, color="#3b5b7a")

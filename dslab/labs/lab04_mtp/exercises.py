@@ -288,10 +288,12 @@ EXERCISES = [
         hint="position i of depth k embeds t_{i+k} and predicts t_{i+k+1}, for i = 0..T-k-1",
         mistakes=SHIFT_MISTAKES,
         forbidden=("dslab.mtp.mtp_shift",),
+        giveaways=("tokens[:, k:-1]", "tokens[:, k + 1:]"),
     ),
     Exercise(
         id="04.loss", number="4.2", target="mtp_loss", points=2, kind="implement",
-        task="return L_MTP = λ/D · Σ_k L^k with L^k = -(1/T) Σ_i log P^k_i[t_i], averaged over the batch",
+        task="return L_MTP = λ/D · Σ_k L^k, L^k = -(1/T) Σ_{i=2+k}^{T+1} log P^k_i[t_i] (V3 eqs. 24-25), averaged "
+             "over the batch",
         reference=mtp_loss_reference,
         public_cases=_loss_public,
         hidden_cases=_loss_hidden,
@@ -300,6 +302,7 @@ EXERCISES = [
         mistakes=LOSS_MISTAKES,
         forbidden=("dslab.mtp.mtp_loss", "dslab.mtp.depth_losses",
                    "dslab.labs.lab04_mtp.exercises.mtp_loss_reference"),
+        giveaways=("/ (batch * t)", "B·T", "B\\cdot T", "(B * T)", "divided by $T$"),
     ),
     Exercise(
         id="04.greedy_verify", number="4.3", target="greedy_verify", points=2, kind="debug",
@@ -312,10 +315,13 @@ EXERCISES = [
              "model's argmax at that row",
         mistakes=VERIFY_MISTAKES,
         forbidden=("dslab.mtp.greedy_verify", "dslab.mtp.speculative_generate"),
+        giveaways=("best[len(out)]", "first disagreement", "one token of the main model's own",
+                   "between 1 and len(draft) + 1"),
     ),
     Exercise(
         id="04.accept", number="4.4", target="accept_and_residual", points=3, kind="implement",
-        task="return (min(1, p(x)/q(x)), norm(max(0, p - q))) for the drafted token x; p itself when p <= q everywhere",
+        task="return (the probability of keeping the drafted token, the distribution to resample from after a "
+             "rejection) that make the output distributed exactly as p; p as the residual when p = q",
         reference=accept_and_residual_reference,
         public_cases=_accept_public,
         hidden_cases=_accept_hidden,
@@ -324,6 +330,7 @@ EXERCISES = [
         mistakes=ACCEPT_MISTAKES,
         forbidden=("dslab.mtp.accept_probability", "dslab.mtp.residual",
                    "dslab.labs.lab04_mtp.exercises.accept_and_residual_reference"),
+        giveaways=("min(1, p(x)/q(x))", "min(1, p/q)", "max(0, p - q)", "(p - q).clamp_min(0)", "min(q(y), p(y))"),
     ),
     Exercise(
         id="04.speedup", number="4.5", target="expected_speedup", points=2, kind="predict",
@@ -336,5 +343,7 @@ EXERCISES = [
              "(in one-token forwards)",
         mistakes=SPEEDUP_MISTAKES,
         forbidden=("dslab.mtp.expected_speedup",),
+        giveaways=("1 + α + ... + α^n", "alpha**i for i in range(n_draft + 1)", "verify_cost + n_draft * draft_cost",
+                   "(1 - α^{n+1}) / (1 - α)", "1.85"),
     ),
 ]

@@ -1,11 +1,10 @@
-"""Exercises of lab 05 "GRPO", in the notebook's order.
-
-5.1 the accuracy reward, 5.2 the format reward (find the bugs), 5.3 group-relative advantages, 5.4 the advantage of
-a lone success (predicted, then measured on the base model's groups), 5.5 the clipped per-token objective with the
-k3 KL, 5.6 the aggregations of TRL's loss types, 5.7 cons@k. Hidden cases are drawn from the grader's rng: completions
-a model could write (right and wrong answers, several answer blocks, garbage, traps for substring matching and for
-``int``), reward vectors with zero-variance groups, random log-probs with the clip active on many tokens, masks with
-empty rows, votes with ties. Each common wrong answer is a ``Mistake`` whose hint the feedback shows.
+"""Exercises of lab 05 "GRPO", in the notebook's order: 5.1 the accuracy reward, 5.2 the format reward (find the
+bugs), 5.3 group-relative advantages, 5.4 the advantage of a lone success (predicted, then measured on the base
+model's groups), 5.5 the clipped per-token objective with the k3 KL, 5.6 the aggregations of TRL's loss types, 5.7
+cons@k. Hidden cases are drawn from the grader's rng: completions a model could write (right and wrong answers,
+several answer blocks, garbage, traps for substring matching and for ``int``), reward vectors with zero-variance
+groups, random log-probs with the clip active on many tokens, masks with empty rows, votes with ties. Each common
+wrong answer is a ``Mistake`` whose hint the feedback shows.
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ FORBIDDEN_REWARDS = ("dslab.rewards.accuracy_reward", "dslab.rewards.parse_answe
 
 def compare_reward(expected, got) -> str | None:
     """A reward in {0.0, 1.0}: a float, an int or a bool with that value is accepted."""
-    if isinstance(got, torch.Tensor) and got.numel() == 1:
-        got = got.item()
+    got = got.item() if isinstance(got, torch.Tensor) and got.numel() == 1 else got
     if not isinstance(got, (int, float)):
         return f"expected a float reward, got {type(got).__name__}"
     return None if float(got) == float(expected) else f"expected {float(expected)}, got {float(got)}"
@@ -303,14 +301,6 @@ def _clip_only(logps, old, ref, adv, beta, lo, hi):
     return -ratio.clamp(1 - lo, 1 + hi) * adv[:, None] + beta * grpo.per_token_kl(logps, ref)
 
 
-def _symmetric(logps, old, ref, adv, beta, lo, hi):
-    return per_token_loss_reference(logps, old, ref, adv, beta, lo, lo)
-
-
-def _objective_not_loss(logps, old, ref, adv, beta, lo, hi):
-    return grpo.clipped_objective(logps, old, adv, lo, hi) - beta * grpo.per_token_kl(logps, ref)
-
-
 LOSS_MISTAKES = (
     Mistake("KL in the other direction", _kl_reversed,
             "k3 uses the log-ratio ref − logp: exp(ref − logp) − (ref − logp) − 1 (DeepSeekMath eq. 4)"),
@@ -318,8 +308,10 @@ LOSS_MISTAKES = (
             "the objective takes the min of the unclipped and clipped terms: the pessimistic bound"),
     Mistake("clipped term only", _clip_only,
             "keep both terms and take their min; the clipped term alone lets a ratio below 1 − ε escape the bound"),
-    Mistake("ε_high ignored", _symmetric, "clip to [1 − epsilon_low, 1 + epsilon_high]; the two may differ"),
-    Mistake("objective, not loss", _objective_not_loss,
+    Mistake("ε_high ignored", lambda lp, o, rf, a, b, lo, hi: per_token_loss_reference(lp, o, rf, a, b, lo, lo),
+            "clip to [1 − epsilon_low, 1 + epsilon_high]; the two may differ"),
+    Mistake("objective, not loss",
+            lambda lp, o, rf, a, b, lo, hi: grpo.clipped_objective(lp, o, a, lo, hi) - b * grpo.per_token_kl(lp, rf),
             "return the per-token loss to minimize: minus the clipped objective, plus β times the KL"),
 )
 
@@ -434,6 +426,7 @@ EXERCISES = [
         hint="find every <answer>(.*?)</answer> block (re.DOTALL), take the last, accept it only if it fullmatches "
              "\\s*-?[0-9]+\\s*, then compare int(...) with the truth; never eval()",
         mistakes=ACCURACY_MISTAKES, forbidden=FORBIDDEN_REWARDS,
+        giveaways=("-?[0-9]+", "<answer>(.*?)</answer>", "re.fullmatch"),
     ),
     Exercise(
         id="05.format_reward", number="5.2", target="format_reward", points=2, kind="debug",
@@ -443,6 +436,7 @@ EXERCISES = [
         compare=compare_reward,
         hint="anchor both ends (re.fullmatch), use lazy .*? with re.DOTALL, and reject blocks that contain a tag",
         mistakes=FORMAT_MISTAKES, forbidden=FORBIDDEN_REWARDS,
+        giveaways=("re.fullmatch", "re.DOTALL", "(.*?)</think>", "anchor both ends"),
     ),
     Exercise(
         id="05.group_advantages", number="5.3", target="group_advantages", points=2, kind="implement",
@@ -451,6 +445,8 @@ EXERCISES = [
         hidden_cases=_adv_hidden, compare=lambda e, g: compare_close(e, g, rtol=1e-5, atol=1e-6),
         hint="view the rewards as [N, G]; subtract each row's mean; divide by each row's std (n − 1) plus 1e-4",
         mistakes=ADV_MISTAKES, forbidden=("dslab.grpo.group_advantages",),
+        giveaways=("view(-1, num_generations)", "mean(-1, keepdim=True)", "std(-1, keepdim=True)",
+                   "outside the square root"),
     ),
     Exercise(
         id="05.lone_success", number="5.4", target="lone_success_advantages", points=1, kind="predict",
@@ -465,10 +461,11 @@ EXERCISES = [
         hint="mean 1/G; Bessel variance of one 1 and G − 1 zeros is 1/G; A = (r − 1/G) / (1/sqrt(G) + 1e-4)",
         mistakes=LONE_MISTAKES, forbidden=("dslab.grpo.group_advantages",
                                            "dslab.labs.lab05_grpo.exercises.lone_success_reference"),
+        giveaways=("G ** -0.5", "1/sqrt(G)", "√G", "(1 - 1 / G) / (std + 1e-4)"),
     ),
     Exercise(
         id="05.per_token_loss", number="5.5", target="grpo_per_token_loss", points=3, kind="implement",
-        task="return the per-token loss −min(ρA, clip(ρ, 1 − ε_low, 1 + ε_high)A) + β·k3 KL, shape [B, T]",
+        task="return the per-token loss to minimize for DeepSeekMath's objective (eq. 3, k3 KL of eq. 4), shape [B, T]",
         reference=per_token_loss_reference, public_cases=_loss_public, hidden_cases=_loss_hidden,
         compare=lambda e, g: compare_close(e, g, rtol=1e-5, atol=1e-6),
         hint="ρ = exp(logps − old_logps); A broadcast over tokens as advantages[:, None]; "
@@ -476,6 +473,7 @@ EXERCISES = [
         mistakes=LOSS_MISTAKES,
         forbidden=("dslab.grpo.policy_loss", "dslab.grpo.clipped_objective", "dslab.grpo.per_token_kl",
                    "dslab.labs.lab05_grpo.exercises.per_token_loss_reference"),
+        giveaways=("−min(ρA", "+ β·k3", "torch.exp(logps - old_logps)", "ref_logps - logps", "torch.exp(d) - d - 1"),
     ),
     Exercise(
         id="05.aggregate", number="5.6", target="aggregate_loss", points=2, kind="implement",
@@ -485,6 +483,7 @@ EXERCISES = [
         hint="grpo: mean over sequences of (masked sum / own token count); bnpo, dapo: masked sum / all masked "
              "tokens; dr_grpo: masked sum / (B × max_completion_length); clamp counts at 1",
         mistakes=AGG_MISTAKES, forbidden=("dslab.grpo.aggregate", "dslab.grpo.policy_loss"),
+        giveaways=("masked.sum(-1) / mask.sum(-1)", "mask.sum(-1).clamp(min=1)", "not by the padded width"),
     ),
     Exercise(
         id="05.cons_at_k", number="5.7", target="cons_at_k", points=2, kind="implement",
@@ -495,5 +494,6 @@ EXERCISES = [
              "appears first in the list",
         mistakes=CONS_MISTAKES, forbidden=("dslab.evals.cons_at_k", "dslab.evals.majority_vote",
                                             "dslab.grpo.cons_at_k", "dslab.grpo.majority_vote"),
+        giveaways=("max(votes.values())", "votes[a] == top", "most_common(1)"),
     ),
 ]

@@ -374,6 +374,9 @@ EXERCISES = [
              "(or a dense model), DeepSeekMoE otherwise",
         mistakes=BLOCK_MISTAKES,
         forbidden=("dslab.model.Block.forward", "dslab.labs.lab06_capstone.experiments.block_forward_reference"),
+        giveaways=("x + attn(attn_norm(x))", "h + ffn(ffn_norm(h))",
+                   r"h = x + \mathrm{MLA}(\mathrm{RMSNorm}_{\text{attn}}(x))",
+                   r"y = h + \mathrm{FFN}(\mathrm{RMSNorm}_{\text{ffn}}(h))"),
     ),
     Exercise(
         id="06.built_params", number="6.2", target="built_params", points=2, kind="predict",
@@ -384,6 +387,8 @@ EXERCISES = [
              "one thing accounting counts as a buffer",
         mistakes=COUNT_MISTAKES,
         forbidden=("dslab.labs.lab06_capstone.experiments.built_params_reference", "dslab.model.Transformer.__init__"),
+        giveaways=("acc.mtp_params(args)", "include_mtp=True", "buffers, not parameters",
+                   "n_moe * args.n_routed_experts"),
     ),
     Exercise(
         id="06.training_step", number="6.3", target="training_step", points=3,
@@ -396,6 +401,8 @@ EXERCISES = [
         mistakes=STEP_MISTAKES,
         forbidden=("dslab.labs.lab06_capstone.experiments.training_step_reference", "dslab.train.objective",
                    "dslab.train.train_lm", "dslab.train.mtp_lm_losses"),
+        giveaways=("lam / len(mtp_logits)", "(main + mtp).backward()", "opt.step()\nmodel.update_bias(gamma)",
+                   "y[:, -1:]"),
     ),
     Exercise(
         id="06.global_bias", number="6.4", target="global_bias_update", points=2, kind="debug",
@@ -406,16 +413,18 @@ EXERCISES = [
         hint="one all-reduce (a sum over ranks) of the loads, then one sign step: b + γ·sign(mean − load)",
         mistakes=GLOBAL_MISTAKES,
         forbidden=("dslab.labs.lab06_capstone.experiments.global_bias_update_reference",),
+        giveaways=("rank_loads.sum(0)", "summed over ranks before the sign", "sign is not linear"),
     ),
     Exercise(
         id="06.mfu", number="6.5", target="mfu", points=2,
-        task="return MFU = training FLOPs per token (from lab 00's parameter and attention counts) x tokens/s / "
-             "peak FLOP/s",
+        task="return the model FLOPs utilisation of training args on seq_len-token sequences at tokens_per_second "
+             "on a device of peak_flops FLOP/s, the FLOPs counted with lab 00's functions",
         reference=ex.mfu_reference, public_cases=_mfu_public, hidden_cases=_mfu_hidden,
         compare=lambda e, g: compare_close(e, g, rtol=1e-6, atol=1e-12),
         hint="3 x (2 x activated parameters without the embedding + attention FLOPs at (seq_len + 1)/2 keys)",
         mistakes=MFU_MISTAKES,
         forbidden=("dslab.accounting.mfu", "dslab.accounting.training_flops_per_token",
                    "dslab.labs.lab06_capstone.experiments.mfu_reference"),
+        giveaways=("(seq_len + 1) / 2", "(S+1)/2", "include_embedding=False", "three times the forward"),
     ),
 ]

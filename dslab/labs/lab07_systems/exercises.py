@@ -1,8 +1,10 @@
-"""Exercises of lab 07 "Systems": all-to-all split sizes, node-limited routing, the 1F1B and DualPipe bubbles, MFU.
+"""Exercises of lab 07 "Systems": all-to-all split sizes, node-limited routing, the copies of V3's dispatch, the 1F1B
+and DualPipe bubbles.
 
 Hidden cases are drawn from the grader's rng: world sizes and expert counts, node counts with K_r/M other than V3's 2
 (so the official top-2 group score is not enough) and biases negative enough that masking with 0 picks dropped
-nodes, pipeline shapes and durations, and random MLA/GQA, MoE/dense architectures for MFU.
+nodes, cluster layouts with the tokens on any GPU (so the in-node index where a copy lands matters), and pipeline
+shapes and durations.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ import random
 
 import torch
 
-from dslab import accounting, configs, systems
 from dslab import expert_parallel as ep
-from dslab.configs import ModelArgs
+from dslab import systems
 from dslab.course.exercises import Case, Exercise, Mistake, compare_close, compare_exact
 
 
@@ -164,7 +165,102 @@ def _node_unbiased_pick(scores, bias, top_k, n_nodes, max_nodes):
         .topk(top_k, -1).indices
 
 
-# ----------------------------------------------------------------------------------------- 7.3 the 1F1B bubble
+# ------------------------------------------------------------------------------------- 7.3 the dispatch copies
+def dispatch_copies_reference(indices: torch.Tensor, token_gpu: int, n_experts: int, n_gpus: int,
+                              gpus_per_node: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ib, nvlink) per token of V3's dispatch (§3.2.2) for tokens living on GPU token_gpu: one InfiniBand copy to
+    each node other than the token's own that holds one of its experts, landing on the GPU with the sender's in-node
+    index, then one NVLink copy to each GPU that holds one of its experts and is not where the token already is (its
+    own GPU, or where its IB copy landed)."""
+    t = ep.token_traffic(indices, token_gpu, n_experts, n_gpus, gpus_per_node)
+    return t["ib"], t["nvlink"]
+
+
+def compare_copies(expected: tuple, got) -> str | None:
+    """(ib, nvlink): two [T] tensors of whole numbers, equal token by token."""
+    if not isinstance(got, (tuple, list)) or len(got) != 2 or not all(isinstance(g, torch.Tensor) for g in got):
+        return f"expected (ib, nvlink), two tensors [T], got {type(got).__name__}"
+    for name, e, g in zip(("ib", "nvlink"), expected, got):
+        if g.shape != e.shape:
+            return f"{name}: expected shape {tuple(e.shape)}, got {tuple(g.shape)}"
+        if g.is_complex() or not torch.equal(g.to(torch.float64), e.to(torch.float64)):
+            t = int((g.to(torch.float64) != e.to(torch.float64)).nonzero()[0]) if not g.is_complex() else 0
+            return f"{name} copies of token {t}: expected {int(e[t])}, got {g[t].item():g}"
+    return None
+
+
+def _copies_case(gen: torch.Generator, tokens: int, n_nodes: int, gpus_per_node: int, per_gpu: int, top_k: int,
+                 token_gpu: int, skew: float) -> tuple:
+    n_gpus = n_nodes * gpus_per_node
+    n_experts = n_gpus * per_gpu
+    return _routing(gen, 1, tokens, n_experts, top_k, skew)[0], token_gpu, n_experts, n_gpus, gpus_per_node
+
+
+def _copies_public() -> list[Case]:
+    gen = torch.Generator().manual_seed(73)
+    small = torch.tensor([[0, 1, 2], [4, 5, 7], [2, 6, 7]])
+    return [Case((small, 0, 8, 4, 2), "2 nodes of 2 GPUs, 2 experts per GPU, tokens on GPU 0"),
+            Case((small, 3, 8, 4, 2), "the same experts, tokens on GPU 3 (node 1, in-node index 1)"),
+            Case(_copies_case(gen, 6, 4, 4, 2, 6, 6, 0.0), "4 nodes of 4 GPUs, 32 experts, top-6, tokens on GPU 6"),
+            Case(_copies_case(gen, 8, 8, 8, 4, 8, 0, 0.0), "V3's layout: 256 experts on 8 nodes of 8 GPUs, top-8")]
+
+
+def _copies_hidden(rng: random.Random) -> list[Case]:
+    cases = []
+    for i in range(6):
+        gen = torch.Generator().manual_seed(rng.randrange(2**31))
+        n_nodes, gpus_per_node, per_gpu = rng.choice([2, 3, 4, 8]), rng.choice([2, 4, 8]), rng.choice([1, 2, 4])
+        n_experts = n_nodes * gpus_per_node * per_gpu
+        top_k = rng.randint(2, min(8, n_experts))
+        token_gpu = rng.randrange(n_nodes * gpus_per_node) if i else gpus_per_node - 1  # #0: the node's last GPU
+        cases.append(Case(_copies_case(gen, rng.randint(1, 16), n_nodes, gpus_per_node, per_gpu, top_k, token_gpu,
+                                       rng.choice([0.0, 2.0, 6.0])), f"hidden #{i}: a random cluster and routing"))
+    return cases
+
+
+def _hits(index: torch.Tensor, size: int) -> torch.Tensor:
+    """[T, size] 0/1: which of ``size`` places each token's k entries of ``index`` hit."""
+    return torch.zeros(index.shape[0], size, dtype=torch.long).scatter_(1, index, 1)
+
+
+def _copies_per_expert(indices, token_gpu, n_experts, n_gpus, gpus_per_node):
+    """One copy per (token, expert) pair, as ExpertParallelMoE sends rows."""
+    t = ep.token_traffic(indices, token_gpu, n_experts, n_gpus, gpus_per_node)
+    return t["ib_per_expert"], t["nvlink_per_expert"]
+
+
+def _copies_own_node(indices, token_gpu, n_experts, n_gpus, gpus_per_node):
+    """The token's own node counted as an InfiniBand copy."""
+    node = indices // (n_experts // n_gpus) // gpus_per_node
+    return _hits(node, n_gpus // gpus_per_node).sum(1), dispatch_copies_reference(
+        indices, token_gpu, n_experts, n_gpus, gpus_per_node)[1]
+
+
+def _copies_landing_forwarded(indices, token_gpu, n_experts, n_gpus, gpus_per_node):
+    """An NVLink copy to every GPU holding one of its experts except the token's own: the GPU where an IB copy
+    landed is forwarded to as well."""
+    gpus = _hits(indices // (n_experts // n_gpus), n_gpus)
+    gpus[:, token_gpu] = 0
+    return dispatch_copies_reference(indices, token_gpu, n_experts, n_gpus, gpus_per_node)[0], gpus.sum(1)
+
+
+def _copies_nvlink_per_expert(indices, token_gpu, n_experts, n_gpus, gpus_per_node):
+    """One NVLink copy per expert on a GPU other than where the token is, not one per GPU."""
+    gpu = indices // (n_experts // n_gpus)
+    forwarded = (gpu % gpus_per_node != token_gpu % gpus_per_node).sum(1)
+    return dispatch_copies_reference(indices, token_gpu, n_experts, n_gpus, gpus_per_node)[0], forwarded
+
+
+def _copies_first_gpu(indices, token_gpu, n_experts, n_gpus, gpus_per_node):
+    """The IB copy assumed to land on each node's first GPU, not on the GPU with the sender's in-node index."""
+    gpus = _hits(indices // (n_experts // n_gpus), n_gpus)
+    landing = torch.arange(0, n_gpus, gpus_per_node)
+    landing[token_gpu // gpus_per_node] = token_gpu
+    gpus[:, landing] = 0
+    return dispatch_copies_reference(indices, token_gpu, n_experts, n_gpus, gpus_per_node)[0], gpus.sum(1)
+
+
+# ------------------------------------------------------------------------------------------ 7.4 the 1F1B bubble
 def one_f_one_b_reference(pp: int, microbatches: int, F: float, B: float) -> tuple[float, float]:  # noqa: N803
     """(bubble per device, its share of the step) of 1F1B with zero communication."""
     d = systems.Durations(F=F, B=B, W=B / 2)
@@ -189,7 +285,7 @@ def _bubble_forward_only(pp, m, f, b):
     return bubble, bubble / (m * (f + b) + bubble)
 
 
-# ------------------------------------------------------------------------------------- 7.4 the DualPipe bubble
+# ------------------------------------------------------------------------------------- 7.5 the DualPipe bubble
 def dualpipe_reference(pp: int, F: float, B: float, W: float, FB: float) -> float:  # noqa: N803
     """V3 Table 2's DualPipe bubble."""
     return systems.closed_form_bubble("dualpipe", pp, systems.Durations(F=F, B=B, W=W, FB=FB))
@@ -228,67 +324,6 @@ def _dual_half(pp, F, B, W, FB):  # noqa: N803
     return (pp / 2) * (FB + B - 3 * W)
 
 
-# --------------------------------------------------------------------------------------------------- 7.5 MFU
-def mfu_reference(args: ModelArgs, seq_len: int, tokens_per_second: float, peak_flops: float) -> float:
-    """MFU of training ``args`` on seq_len-token sequences at tokens_per_second on a peak_flops device."""
-    return accounting.mfu(accounting.training_flops_per_token(args, seq_len), tokens_per_second, peak_flops)
-
-
-def _random_model(rng: random.Random) -> ModelArgs:
-    heads = rng.choice([2, 4, 8, 16])
-    moe = rng.random() < 0.6
-    groups = rng.choice([1, 2, 4])
-    mla = rng.random() < 0.6
-    layers = rng.randint(1, 12)
-    return ModelArgs(
-        name="hidden", vocab_size=rng.choice([128, 1000, 32000]), dim=rng.choice([64, 256, 1024]),
-        inter_dim=rng.choice([128, 512, 2048]), moe_inter_dim=rng.choice([32, 64, 256]), n_layers=layers,
-        n_dense_layers=rng.randint(0, min(2, layers)), n_heads=heads, attn="mla" if mla else "gqa",
-        n_kv_heads=0 if mla else rng.choice([d for d in (1, 2, 4) if heads % d == 0]), head_dim=0 if mla else 32,
-        q_lora_rank=rng.choice([0, 64]), kv_lora_rank=rng.choice([32, 64]), qk_nope_head_dim=rng.choice([16, 32]),
-        qk_rope_head_dim=rng.choice([8, 16]), v_head_dim=rng.choice([16, 32]),
-        n_routed_experts=groups * rng.choice([2, 4]) if moe else 0, n_shared_experts=rng.randint(0, 1) if moe else 0,
-        n_activated_experts=rng.randint(1, 2) if moe else 0, n_expert_groups=groups if moe else 1,
-        n_limited_groups=groups if moe else 1, tie_embeddings=rng.random() < 0.3)
-
-
-def _mfu_public() -> list[Case]:
-    v3 = configs.load("deepseek-v3-671b")
-    v3_tokens_per_gpu_s = 1e12 / (180_000 * 3600)  # V3 §1: 180K H800 GPU-hours per trillion tokens
-    return [Case((v3, 4096, v3_tokens_per_gpu_s, 989.4e12), "DeepSeek-V3, 4096-token sequences, one H800 (BF16)"),
-            Case((configs.load("tiny-v3"), 256, 2000.0, 50e9), "tiny-v3 on a CPU doing 50 GFLOP/s"),
-            Case((configs.load("llama-3.1-405b"), 8192, 400.0, 989.4e12), "Llama 3.1 405B, 8K context, one H100")]
-
-
-def _mfu_hidden(rng: random.Random) -> list[Case]:
-    return [Case((_random_model(rng), rng.choice([1, 16, 100, 2048]), round(rng.uniform(10, 1e5), 2),
-                  rng.choice([20e9, 312e12, 989.4e12])), f"hidden #{i}") for i in range(6)]
-
-
-def _mfu_forward_only(args, seq_len, tokens_per_second, peak_flops):
-    return mfu_reference(args, seq_len, tokens_per_second, peak_flops) / 3
-
-
-def _mfu_6n(args, seq_len, tokens_per_second, peak_flops):
-    return 6 * accounting.activated_params(args, include_embedding=False) * tokens_per_second / peak_flops
-
-
-def _mfu_full_context(args, seq_len, tokens_per_second, peak_flops):
-    return accounting.mfu(accounting.training_flops_per_token(args, seq_len, causal=False), tokens_per_second,
-                          peak_flops)
-
-
-def _mfu_with_embedding(args, seq_len, tokens_per_second, peak_flops):
-    extra = 6 * (accounting.activated_params(args) - accounting.activated_params(args, include_embedding=False))
-    return mfu_reference(args, seq_len, tokens_per_second, peak_flops) + extra * tokens_per_second / peak_flops
-
-
-def _mfu_half_keys(args, seq_len, tokens_per_second, peak_flops):
-    flops = 3 * (2 * accounting.activated_params(args, include_embedding=False)
-                 + accounting.attention_flops_per_token(args, 1) * seq_len / 2)
-    return flops * tokens_per_second / peak_flops
-
-
 def _close(e, g):
     return compare_close(e, g, rtol=1e-6, atol=1e-12)
 
@@ -308,6 +343,7 @@ EXERCISES = [
                   Mistake("transposed", _splits_transposed, "row i is what rank i *sends* (its input_split_sizes); "
                           "its column is what it receives")),
         forbidden=("dslab.expert_parallel.split_matrix",),
+        giveaways=("// (n_experts // world)", "expert // (E / W)", "minlength=world"),
     ),
     Exercise(
         id="07.node_limited", number="7.2", target="node_limited_route", points=2,
@@ -326,9 +362,36 @@ EXERCISES = [
                           "experts inside them are picked from scores + bias")),
         forbidden=("dslab.expert_parallel.node_limited_route", "dslab.moe.route", "dslab.moe.Gate.select",
                    "dslab.moe._limit_groups"),
+        giveaways=("topk(top_k // max_nodes, dim=-1).values.sum(-1)", 'float("-inf")', "scores can be < 0"),
     ),
     Exercise(
-        id="07.bubble_1f1b", number="7.3", target="one_f_one_b_bubble", points=1, kind="predict",
+        id="07.dispatch_copies", number="7.3", target="dispatch_copies", points=2,
+        task="return (ib, nvlink), two int64 tensors [T]: the copies of each token living on GPU token_gpu that V3's "
+             "dispatch sends over InfiniBand and forwards over NVLink (GPU g: node g // gpus_per_node, experts "
+             "g*E/n_gpus .. (g+1)*E/n_gpus - 1)",
+        reference=dispatch_copies_reference, public_cases=_copies_public, hidden_cases=_copies_hidden,
+        compare=compare_copies,
+        hint="count places, not experts: the nodes (IB) and the GPUs (NVLink) that hold the token's experts, each "
+             "once, leaving out those the token reaches without that link",
+        mistakes=(Mistake("per expert", _copies_per_expert, "one IB copy per target node and one NVLink copy per GPU "
+                          "that needs it, however many of the token's experts sit there (§3.2.2): count nodes and "
+                          "GPUs, not (token, expert) pairs"),
+                  Mistake("own node over IB", _copies_own_node, "experts on the token's own node are reached over "
+                          "NVLink alone: InfiniBand copies go only to the other nodes"),
+                  Mistake("landing GPU forwarded", _copies_landing_forwarded, "the IB copy lands on the GPU with the "
+                          "sender's in-node index; if that GPU holds one of the token's experts, it needs no NVLink "
+                          "copy"),
+                  Mistake("NVLink per expert", _copies_nvlink_per_expert, "a GPU that holds several of the token's "
+                          "experts receives the token once"),
+                  Mistake("first GPU", _copies_first_gpu, "the IB copy goes to the GPU with the same in-node index "
+                          "as the token's own GPU (§3.2.2), not to the node's first GPU")),
+        forbidden=("dslab.expert_parallel.token_traffic",
+                   "dslab.labs.lab07_systems.exercises.dispatch_copies_reference"),
+        giveaways=("nodes[:, home] = 0", "gpus[:, slot::gpus_per_node] = 0", "other than the token's own",
+                   "where its IB copy landed"),
+    ),
+    Exercise(
+        id="07.bubble_1f1b", number="7.4", target="one_f_one_b_bubble", points=1, kind="predict",
         task="return (bubble, fraction): the time each device of a 1F1B pipeline waits per step and its share of "
              "the whole step, for PP stages, m micro-batches, forward F and backward B, no communication",
         reference=one_f_one_b_reference, public_cases=_bubble_public, hidden_cases=_bubble_hidden,
@@ -342,9 +405,10 @@ EXERCISES = [
                   Mistake("forward only", _bubble_forward_only,
                           "the drain at the end is made of backward chunks: both F and B count")),
         forbidden=("dslab.systems.closed_form_bubble", "dslab.labs.lab07_systems.exercises.one_f_one_b_reference"),
+        giveaways=("(pp - 1) * (F + B)", "(PP-1)(F+B)", "microbatches * (F + B) + bubble", "(PP-1)/(m+PP-1)"),
     ),
     Exercise(
-        id="07.bubble_dualpipe", number="7.4", target="dualpipe_bubble", points=2, kind="debug",
+        id="07.bubble_dualpipe", number="7.5", target="dualpipe_bubble", points=2, kind="debug",
         task="find and fix the two bugs in dualpipe_bubble: it must return V3 Table 2's DualPipe bubble",
         reference=dualpipe_reference, public_cases=_dual_public, hidden_cases=_dual_hidden, compare=_close,
         hint="DualPipe feeds micro-batches from both ends, so only half the pipeline has to fill; and its zero-"
@@ -355,24 +419,6 @@ EXERCISES = [
                   Mistake("2W", _dual_two_w, "that is ZB1P's saving; DualPipe moves 3W out of each stage's bubble"),
                   Mistake("half", _dual_half, "PP/2 stages have PP/2 - 1 hand-offs between them")),
         forbidden=("dslab.systems.closed_form_bubble",),
-    ),
-    Exercise(
-        id="07.mfu", number="7.5", target="mfu", points=2,
-        task="return the MFU of training args on seq_len-token sequences: 3 x (2 x activated parameters without "
-             "the input embedding + attention at (seq_len + 1)/2 keys) x tokens_per_second / peak_flops",
-        reference=mfu_reference, public_cases=_mfu_public, hidden_cases=_mfu_hidden, compare=_close,
-        hint="forward = 2·activated_params(args, include_embedding=False) + attention_flops_per_token(args, 1) · "
-             "(seq_len + 1) / 2; training = 3 × forward",
-        mistakes=(Mistake("forward only", _mfu_forward_only, "a training token costs a forward and a backward, "
-                          "about 3x the forward FLOPs"),
-                  Mistake("6N", _mfu_6n, "6N leaves attention out; the score and value matmuls grow with the "
-                          "context (attention_flops_per_token)"),
-                  Mistake("full context", _mfu_full_context, "with a causal mask a token sees (seq_len + 1)/2 keys on "
-                          "average, not seq_len"),
-                  Mistake("embedding", _mfu_with_embedding, "the input embedding is a lookup, not a matmul: use "
-                          "activated_params(args, include_embedding=False)"),
-                  Mistake("half", _mfu_half_keys, "token t of a causal sequence sees t + 1 keys: the average is "
-                          "(seq_len + 1)/2")),
-        forbidden=("dslab.accounting.mfu", "dslab.accounting.training_flops_per_token"),
+        giveaways=("(pp / 2 - 1) * (FB + B - 3 * W)", "(PP/2-1)(F\\&B+B-3W)", "pp / 2 - 1", "- 3 * W"),
     ),
 ]

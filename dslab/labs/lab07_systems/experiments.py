@@ -106,9 +106,12 @@ def v3_routing_scores(tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
     return scores, bias
 
 
-def v3_traffic(route_fn: Callable, scores: torch.Tensor, bias: torch.Tensor, limits=(1, 2, 4, 8)) -> list[Traffic]:
+def v3_traffic(route_fn: Callable, scores: torch.Tensor, bias: torch.Tensor, limits=(1, 2, 4, 8),
+               copies_fn: Callable | None = None) -> list[Traffic]:
     """Route V3-shaped affinities with ``route_fn(scores, bias, top_k, n_nodes, max_nodes) -> indices`` for each node
-    limit M (M = 8 of 8 nodes is no limit) and count the dispatch traffic of tokens living on GPU 0."""
+    limit M (M = 8 of 8 nodes is no limit) and count the dispatch traffic of tokens living on GPU 0. copies_fn:
+    ``(indices, token_gpu, n_experts, n_gpus, gpus_per_node) -> (ib, nvlink)`` counts V3's dispatch copies (exercise
+    7.3's; by default ``expert_parallel.token_traffic``'s)."""
     v3 = configs.load("deepseek-v3-671b")
     n_nodes = V3_GPUS // V3_GPUS_PER_NODE
     fp8, bf16 = ep.token_bytes(v3.dim, "fp8"), ep.token_bytes(v3.dim, "bf16")
@@ -116,8 +119,10 @@ def v3_traffic(route_fn: Callable, scores: torch.Tensor, bias: torch.Tensor, lim
     for m in limits:
         idx = route_fn(scores, bias, v3.n_activated_experts, n_nodes, m)
         used = ep.nodes_used(idx, v3.n_routed_experts, n_nodes)
-        t = {k: v.double().mean().item() for k, v in ep.token_traffic(idx, 0, v3.n_routed_experts, V3_GPUS,
-                                                                      V3_GPUS_PER_NODE).items()}
+        counts = ep.token_traffic(idx, 0, v3.n_routed_experts, V3_GPUS, V3_GPUS_PER_NODE)
+        if copies_fn is not None:
+            counts["ib"], counts["nvlink"] = copies_fn(idx, 0, v3.n_routed_experts, V3_GPUS, V3_GPUS_PER_NODE)
+        t = {k: torch.as_tensor(v).double().mean().item() for k, v in counts.items()}
         out.append(Traffic(m, used.double().mean().item(), int(used.max()), t["ib"], t["nvlink"], t["ib_per_expert"],
                            t["nvlink_per_expert"], t["ib"] * (fp8 + bf16), t["nvlink"] * (fp8 + bf16)))
     return out
@@ -205,14 +210,14 @@ def peak(device) -> tuple[float, str]:
     return runtime.peak_flops(device, torch.float32), runtime.peak_flops_source(device, torch.float32)
 
 
-def v3_implied_mfu(mfu_fn: Callable) -> list[tuple[str, float, float]]:
+def v3_implied_mfu() -> list[tuple[str, float, float]]:
     """V3's pre-training MFU implied by its own report (Table 1: 2,664K H800 GPU-hours for 14.8T tokens), three ways of
-    counting FLOPs per token: (label, MFU vs BF16 dense peak, MFU vs FP8 dense peak). mfu_fn is exercise 7.5's."""
+    counting FLOPs per token: (label, MFU vs BF16 dense peak, MFU vs FP8 dense peak)."""
     v3 = configs.load("deepseek-v3-671b")
     tokens_per_gpu_s = accounting.V3_PRETRAIN_TOKENS / (accounting.V3_PRETRAIN_GPU_HOURS * 3600)
     six_n = 6 * accounting.activated_params(v3, include_embedding=False)
     rows = [("6N, no attention", six_n * tokens_per_gpu_s / H800_BF16_DENSE, six_n * tokens_per_gpu_s / H800_FP8_DENSE)]
-    causal = mfu_fn(v3, 4096, tokens_per_gpu_s, H800_BF16_DENSE)
+    causal = accounting.mfu(accounting.training_flops_per_token(v3, 4096), tokens_per_gpu_s, H800_BF16_DENSE)
     rows.append(("attention, causal 4K", causal, causal * H800_BF16_DENSE / H800_FP8_DENSE))
     full = accounting.mfu(accounting.training_flops_per_token(v3, 4096, causal=False), tokens_per_gpu_s,
                           H800_BF16_DENSE)
