@@ -469,6 +469,15 @@ def freeze_tasks(out: Path | str) -> list[Path]:
     return written
 
 
+def datasets_dir(name: str) -> Path:
+    """datasets/NAME of the course checkout this package runs from (what the labs ship: splits, runs, checkpoints)."""
+    root = Path(__file__).resolve().parents[1] / "datasets"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} not found: the labs read what they ship from the course checkout's datasets/ "
+                                "folder (install dslab with `pip install -e .` from the checkout)")
+    return root / name
+
+
 def load_tasks(name: str, root: Path | str = "datasets") -> list[Task]:
     """A frozen RL split ("train", "val", "test": up to 3 digits; "hard": 4 digits) as Tasks."""
     if name not in FROZEN_TASKS:

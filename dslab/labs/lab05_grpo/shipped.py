@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-import dslab
 from dslab import data, plots
 from dslab.checkpoint import read_metrics
 from dslab.configs import ModelArgs
@@ -24,12 +23,8 @@ from dslab.model import Transformer
 
 # ------------------------------------------------------------------------------------------------------ files
 def artifacts_dir() -> Path:
-    """datasets/grpo/ of the course checkout this package runs from."""
-    root = Path(dslab.__file__).resolve().parents[1] / "datasets"
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} not found: lab 05 reads its shipped checkpoints from the course checkout's "
-                                "datasets/ folder (install dslab with `pip install -e .` from the checkout)")
-    return root / "grpo"
+    """datasets/grpo/ of the course checkout: the lab's shipped checkpoints and runs."""
+    return data.datasets_dir("grpo")
 
 
 def split(name: str) -> list[data.Task]:

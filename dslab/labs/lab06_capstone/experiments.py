@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-import dslab
 from dslab import accounting as acc
-from dslab import capstone, plots, train
+from dslab import capstone, data, plots, train
 from dslab.configs import ModelArgs
 from dslab.data import CharTokenizer, get_batch
 from dslab.model import Block, Transformer
@@ -145,12 +144,8 @@ def mfu_reference(args: ModelArgs, seq_len: int, tokens_per_second: float, peak_
 
 # --------------------------------------------------------------------------------------------- reading runs
 def datasets_dir() -> Path:
-    """datasets/capstone/ of the course checkout this package runs from."""
-    root = Path(dslab.__file__).resolve().parents[1] / "datasets"
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} not found: lab 06 reads its reference runs from the course checkout's "
-                                "datasets/ folder (install dslab with `pip install -e .` from the checkout)")
-    return root / "capstone"
+    """datasets/capstone/ of the course checkout: the shipped reference runs."""
+    return data.datasets_dir("capstone")
 
 
 def reference_runs(names: tuple[str, ...] = REFERENCE_NAMES) -> dict[str, list[dict]]:
