@@ -131,10 +131,11 @@ class TrainingDiverged(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------- schedule, loss
-def lr_at(step: int, cfg) -> float:
+def lr_at(step: int, cfg: OptimConfig) -> float:
     """The one learning-rate schedule of every trainer (LM, GRPO, SFT): for any ``cfg`` with steps, lr, warmup and
     min_lr_ratio, a linear warm-up to cfg.lr over the first ``warmup`` steps, then a cosine decay that reaches
-    cfg.lr · min_lr_ratio exactly at the last step (step = steps − 1)."""
+    cfg.lr · min_lr_ratio exactly at the last step (step = steps − 1), and stays there past it."""
+    validate.integer("step", step, 0)
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - 1 - cfg.warmup))
