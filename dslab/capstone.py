@@ -30,7 +30,7 @@ from dslab.fp8 import enable_real_fp8, enable_training
 from dslab.model import Transformer
 from dslab.mtp import speculative_generate
 from dslab.runtime import init_distributed, peak_flops, peak_flops_source, pick_device, world
-from dslab.train import _PATH_FIELDS, CHECKPOINT_FORMAT, TrainConfig, train_lm
+from dslab.train import CHECKPOINT_FORMAT, PATH_FIELDS, TrainConfig, train_lm
 
 PRECISIONS = ("fp32", "bf16", "fp8-emulated", "bf16-emulated", "fp8")
 
@@ -80,7 +80,7 @@ class RunConfig:
                              f"{data.CharTokenizer().vocab_size} ids")
 
     def to_dict(self) -> dict:
-        train = {k: v for k, v in asdict(self.train).items() if k not in _PATH_FIELDS}
+        train = {k: v for k, v in asdict(self.train).items() if k not in PATH_FIELDS}
         return {"preset": self.preset, "model": self.model.to_dict(), "train": train,
                 **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                    if f.name not in ("preset", "model", "train")}}
@@ -96,7 +96,7 @@ class RunConfig:
         """A copy with fields changed: RunConfig fields by name, TrainConfig fields by name (``steps=20``), model
         fields as ``model.dim=64`` (or a ``model=`` ModelArgs). Unknown names raise ValueError listing the known."""
         top = {f.name for f in dataclasses.fields(self)}
-        tr = {f.name for f in dataclasses.fields(TrainConfig)} - set(_PATH_FIELDS)
+        tr = {f.name for f in dataclasses.fields(TrainConfig)} - set(PATH_FIELDS)
         run_kw, train_kw, model_kw = {}, {}, {}
         for k, v in changes.items():
             if k.startswith("model."):

@@ -42,7 +42,7 @@ from dslab.runtime import progress, world
 
 WALL_CLOCK_KEYS = ("seconds", "tokens_per_s", "mfu")  # the only row entries a resumed run does not reproduce
 CHECKPOINT_FORMAT = "dslab-train/2"
-_PATH_FIELDS = ("checkpoint", "metrics")  # where a run writes, not how it trains: never part of the resume check
+PATH_FIELDS = ("checkpoint", "metrics")  # where a run writes, not how it trains: never part of the resume check
 
 
 @dataclass
@@ -230,7 +230,7 @@ def _check_config(path: str, saved: dict, cfg: TrainConfig) -> None:
     defaults = asdict(TrainConfig())  # fields added since the checkpoint was written count at their defaults
     old = {**{k: defaults[k] for k in defaults.keys() - saved.keys()}, **saved}
     new = asdict(cfg)
-    for k in _PATH_FIELDS:
+    for k in PATH_FIELDS:
         old.pop(k, None), new.pop(k, None)
     old["betas"] = tuple(old["betas"])
     diff = sorted(k for k in new if old.get(k) != new[k])
