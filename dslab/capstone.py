@@ -200,7 +200,9 @@ def init_model(cfg: RunConfig, rows: int = 1, device: torch.device | str = "cpu"
     """The run's ``Transformer`` (initialised from cfg.train.seed) on ``device`` with cfg.precision applied; ``rows``
     is the batch its KV caches hold when decoding."""
     torch.manual_seed(cfg.train.seed)
-    model = Transformer(cfg.model, max_batch_size=rows).to(device)
+    with torch.device("cpu"):  # built on the CPU on purpose: the same initial weights whatever the device
+        model = Transformer(cfg.model, max_batch_size=rows)
+    model = model.to(device)
     apply_precision(model, cfg.precision)
     return model
 
@@ -277,7 +279,8 @@ def pretraining_run(cfg: RunConfig, out: str | os.PathLike, *, measure_peak: boo
     if size > 1:
         dist.barrier()
     device = _device(cfg.device)
-    train_ids, val_ids = corpus_ids(cfg)
+    with torch.device("cpu"):  # token ids stay on the CPU: the trainer draws batches from them and moves each
+        train_ids, val_ids = corpus_ids(cfg)
     model = init_model(cfg, device=device)
     peak, source = _peak(device, cfg.precision) if measure_peak else (None, "not measured")
     tcfg = dataclasses.replace(cfg.train, checkpoint=str(out / "checkpoint.pt"), metrics=str(out / "metrics.jsonl"),
@@ -352,7 +355,8 @@ def load_run(out: str | os.PathLike, rows: int = 1, device: torch.device | str =
     if not ck.exists():
         raise CheckpointError(f"{ck} not found: the run has not written a checkpoint yet")
     state = load_checkpoint(ck, ("model",), CHECKPOINT_FORMAT)
-    model = Transformer(cfg.model, max_batch_size=rows)
+    with torch.device("cpu"):  # where the checkpoint's tensors are loaded; moved below
+        model = Transformer(cfg.model, max_batch_size=rows)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

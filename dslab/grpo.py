@@ -56,14 +56,19 @@ KIND = "dslab-grpo/1"  # the checkpoint's format tag (``dslab.checkpoint``)
 def join(prompts: Sequence[Sequence[int]], rollout_: Rollout, num_generations: int,
          pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt + completion per row, right-padded -> (ids [R, S], loss mask [R, S − 1] over next-token targets: 1 where
-    the target is a generated token)."""
+    the target is a generated token), both on the rollout's device (the policy's)."""
+    validate.integer("num_generations", num_generations, 1)
+    if len(prompts) * num_generations != len(rollout_.ids):
+        raise ValueError(f"rollout_ must hold len(prompts) x num_generations = {len(prompts) * num_generations} rows, "
+                         f"got {len(rollout_.ids)}")
+    device = rollout_.ids.device
     lengths = [len(p) for p in prompts for _ in range(num_generations)]
     comp = rollout_.lengths.tolist()
     width = max(p + c for p, c in zip(lengths, comp))
-    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(lengths), width - 1)
+    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(lengths), width - 1, device=device)
     for r, (p_len, c_len) in enumerate(zip(lengths, comp)):
-        ids[r, :p_len] = torch.tensor(list(prompts[r // num_generations]))
+        ids[r, :p_len] = torch.tensor(list(prompts[r // num_generations]), dtype=torch.long, device=device)
         ids[r, p_len:p_len + c_len] = rollout_.ids[r, :c_len]
         mask[r, p_len - 1:p_len - 1 + c_len] = 1.0
     return ids, mask
@@ -298,7 +303,7 @@ def _monitor_kl(policy: nn.Module, ref: nn.Module | None, ids: torch.Tensor, mas
     only, never in the loss)."""
     if ref is None or cfg.kl_rows == 0:
         return 0.0
-    rows = torch.linspace(0, len(ids) - 1, min(cfg.kl_rows, len(ids))).round().long().unique()
+    rows = torch.linspace(0, len(ids) - 1, min(cfg.kl_rows, len(ids)), device=ids.device).round().long().unique()
     logps = _logps_no_grad(policy, ids[rows], cfg.temperature)
     kl = per_token_kl(logps, _logps_no_grad(ref, ids[rows], cfg.temperature))
     return float((kl * mask[rows]).sum() / mask[rows].sum().clamp(min=1))
@@ -376,7 +381,8 @@ def grpo_step(policy: nn.Module, ref: nn.Module | None, opt: torch.optim.Optimiz
                 cfg.top_p, gen, tok.pad_id, cfg.max_rows)
     texts = [tok.decode(row[:n]) for row, n in zip(r.ids.tolist(), r.lengths.tolist())]
     comps = [score(text, batch[i // G]) for i, text in enumerate(texts)]
-    rewards = torch.tensor([weighted_reward(c, cfg.reward_weights) for c in comps])
+    # the rewards are Python numbers, scored on the CPU; the advantages go to the policy's device with the rows
+    rewards = torch.tensor([weighted_reward(c, cfg.reward_weights) for c in comps], device="cpu")
     adv = group_advantages(rewards, G, cfg.scale_rewards) if G > 1 else torch.zeros_like(rewards)
     zero_var = zero_variance_groups(rewards, G)
     row = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
@@ -388,12 +394,14 @@ def grpo_step(policy: nn.Module, ref: nn.Module | None, opt: torch.optim.Optimiz
     row["kept_rows"] = len(keep_groups) * G
     if not keep_groups:
         return {**row, "loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
-    rows = torch.tensor([g * G + j for g in keep_groups for j in range(G)])
+    device = r.ids.device
+    rows = torch.tensor([g * G + j for g in keep_groups for j in range(G)], device=device)
     ids, mask = join([prompts[g] for g in keep_groups], Rollout(r.ids[rows], r.mask[rows], r.stopped[rows]), G,
                      tok.pad_id)
     # sorted by length, so that similar lengths share a micro-batch: little padding
-    order = (mask.sum(-1) + torch.tensor([len(prompts[g]) for g in keep_groups for _ in range(G)])).argsort()
-    return {**row, **_update(policy, ref, opt, ids[order], mask[order], adv[rows][order], cfg)}
+    prompt_lengths = torch.tensor([len(prompts[g]) for g in keep_groups for _ in range(G)], device=device)
+    order = (mask.sum(-1) + prompt_lengths).argsort()
+    return {**row, **_update(policy, ref, opt, ids[order], mask[order], adv.to(device)[rows][order], cfg)}
 
 
 def _update(policy: nn.Module, ref: nn.Module | None, opt: torch.optim.Optimizer, ids: torch.Tensor,

@@ -328,7 +328,7 @@ class _Decoder:
         out = []
         for i, (x, q) in enumerate(zip(drafts, dists)):
             p = F.softmax(logits[i].float() / self.temperature, dim=-1).cpu()
-            u = float(torch.rand((), generator=self.generator))
+            u = float(torch.rand((), generator=self.generator, device="cpu"))  # p and q are on the CPU too
             if u < accept_probability(p, q, x):
                 out.append(x)
                 continue

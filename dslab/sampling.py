@@ -136,7 +136,7 @@ def rollout(model: nn.Module, prompts: Sequence[Sequence[int]], num_generations:
         idx = by_length[length]
         for s in range(0, len(idx), per_batch):
             chunk = idx[s:s + per_batch]
-            batch = torch.tensor([list(prompts[i]) for i in chunk], dtype=torch.long)
+            batch = torch.tensor([list(prompts[i]) for i in chunk], dtype=torch.long, device="cpu")  # generate moves it
             r = generate(model, batch, num_generations, max_new_tokens, stop_ids, temperature, top_p, generator, pad_id)
             for j, i in enumerate(chunk):
                 rows = slice(j * num_generations, (j + 1) * num_generations)

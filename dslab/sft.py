@@ -40,21 +40,26 @@ def sft_loss(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tenso
     return (ce * m).sum() / m.sum().clamp(min=1)
 
 
-def sft_batch(pairs: Sequence[tuple[str, str]], tok: CharTokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sft_batch(pairs: Sequence[tuple[str, str]], tok: CharTokenizer,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(prompt, completion) pairs -> inputs [B, S], next-token targets [B, S], loss mask [B, S] (1 on completion
-    targets), right-padded."""
+    targets), right-padded, on ``device`` (the model's; built from token lists on the CPU, then moved)."""
+    if not pairs:
+        raise ValueError("pairs must hold at least one (prompt, completion) pair")
+    if not isinstance(tok, CharTokenizer):
+        raise TypeError(f"tok must be a dslab.data.CharTokenizer, got {type(tok).__name__}")
     seqs = [(tok.encode(p), tok.encode(c)) for p, c in pairs]
     if any(not p or not c for p, c in seqs):
         raise ValueError("every pair needs a non-empty prompt and a non-empty completion")
     width = max(len(p) + len(c) for p, c in seqs) - 1
-    x = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
-    y = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
-    m = torch.zeros(len(seqs), width)
+    x = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long, device="cpu")
+    y = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long, device="cpu")
+    m = torch.zeros(len(seqs), width, device="cpu")
     for i, (p, c) in enumerate(seqs):
-        full = torch.tensor(p + c)
+        full = torch.tensor(p + c, dtype=torch.long, device="cpu")
         x[i, : len(full) - 1], y[i, : len(full) - 1] = full[:-1], full[1:]
         m[i, len(p) - 1: len(full) - 1] = 1.0
-    return x, y, m
+    return x.to(device), y.to(device), m.to(device)
 
 
 @dataclass
@@ -90,7 +95,7 @@ def train_sft(model: nn.Module, pairs: Sequence[tuple[str, str]], cfg: SFTConfig
     tok, rng = CharTokenizer(), random.Random(cfg.seed)
     eval_tasks = list(eval_tasks or [])[: cfg.eval_tasks]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    history, cpu, wall = [], 0.0, 0.0
+    history, cpu, wall, device = [], 0.0, 0.0, next(model.parameters()).device
 
     def log(row: dict, evaluate: bool) -> None:
         if evaluate and eval_tasks:
@@ -107,7 +112,7 @@ def train_sft(model: nn.Module, pairs: Sequence[tuple[str, str]], cfg: SFTConfig
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()  # whatever mode the evaluation or the caller left it in
-        x, y, m = sft_batch([pairs[rng.randrange(len(pairs))] for _ in range(cfg.batch_size)], tok)
+        x, y, m = sft_batch([pairs[rng.randrange(len(pairs))] for _ in range(cfg.batch_size)], tok, device)
         loss = sft_loss(model(x), y, m)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -211,10 +211,18 @@ def estimate_loss(model: nn.Module, data: torch.Tensor, cfg: TrainConfig, seed: 
     device = next(model.parameters()).device
     losses = []
     for _ in range(cfg.eval_batches):
-        x, y = get_batch(data, cfg.batch_size, cfg.block_size, g)
+        x, y = _cpu_batch(data, cfg.batch_size, cfg.block_size, g)
         losses.append(lm_loss(model, x.to(device), y.to(device)).item())
     model.train(was_training)
     return sum(losses) / len(losses)
+
+
+def _cpu_batch(data: torch.Tensor, batch_size: int, block_size: int,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data.get_batch`` made on the CPU whatever the default device: a CPU generator draws the windows of the CPU
+    token ids [N]; the caller moves x, y [batch_size, block_size] to the model's device."""
+    with torch.device("cpu"):
+        return get_batch(data, batch_size, block_size, generator)
 
 
 # ------------------------------------------------------------------------------------------------- distributed
@@ -276,7 +284,7 @@ def _balance(model: nn.Module, before: list[torch.Tensor], gamma: float, update:
     """The step's expert load [layers, E] summed over micro-batches and ranks; MaxVio; the bias update with it."""
     layers = _moe_layers(model)
     if not layers:
-        return torch.zeros(0), {}
+        return torch.zeros(0, device="cpu"), {}
     load = _all_sum(torch.stack([m.step_load - b for m, b in zip(layers, before)]))
     if update:
         for m, layer_load in zip(layers, load):
@@ -292,7 +300,7 @@ def _step(forward, model, opt, x, y, cfg, step, depth, ddp, extra_loss, device) 
     lam = mtp_lambda(step, cfg.steps, cfg.mtp_lambda, cfg.mtp_lambda_final, cfg.mtp_lambda_switch) if depth else 0.0
     rank, size = world()
     micro = _rank_micro_batches(x, y, cfg, rank, size)
-    sums = torch.zeros(5 + depth, dtype=torch.float64)  # main, extra, agree, count, total, mtp_ce...
+    sums = torch.zeros(5 + depth, dtype=torch.float64, device="cpu")  # main, extra, agree, count, total, mtp_ce...
     opt.zero_grad(set_to_none=True)
     for i, (xb, yb) in enumerate(micro):
         sync = ddp is None or i == len(micro) - 1
@@ -305,7 +313,7 @@ def _step(forward, model, opt, x, y, cfg, step, depth, ddp, extra_loss, device) 
                 total = total + extra
         (total / len(micro)).backward() if len(micro) > 1 else total.backward()
         sums += torch.tensor([out.main.item(), extra.item() if extra is not None else 0.0, out.agree, out.count,
-                              total.item(), *[c.item() for c in out.mtp_ce]], dtype=torch.float64)
+                              total.item(), *[c.item() for c in out.mtp_ce]], dtype=torch.float64, device="cpu")
     sums = _all_sum(sums.to(device)).cpu()
     n = len(micro) * size
     stats = {"loss": sums[0].item() / n, "lam": lam, "mtp_ce": [v / n for v in sums[5:].tolist()],
@@ -315,7 +323,7 @@ def _step(forward, model, opt, x, y, cfg, step, depth, ddp, extra_loss, device) 
     if depth:
         stats["mtp_acceptance"] = sums[2].item() / max(1.0, sums[3].item())
     if not math.isfinite(stats["objective"]):
-        return stats, torch.tensor(float("nan"))
+        return stats, torch.tensor(float("nan"), device="cpu")
     return stats, nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
 
 
@@ -425,7 +433,7 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, c
         for group in opt.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
-        x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, g)
+        x, y = _cpu_batch(train_ids, cfg.batch_size, cfg.block_size, g)
         before = [m.step_load.clone() for m in _moe_layers(model)]
         stats, norm = _step(forward, model, opt, x, y, cfg, step, depth, ddp, extra_loss, device)
         if not math.isfinite(float(norm)):

@@ -80,14 +80,14 @@ def representable_values(fmt: str | Format = "e4m3") -> torch.Tensor:
     Built from the bit fields (subnormals m·2^(1-bias-M), normals (1 + m/2^M)·2^(e-bias)), not from torch's dtype.
     """
     f = get_format(fmt)
-    m = torch.arange(2**f.mantissa_bits, dtype=torch.float64)
+    m = torch.arange(2**f.mantissa_bits, dtype=torch.float64, device="cpu")  # a table, CPU by design
     subnormal = m[1:] * f.min_subnormal
     top = 2**f.exponent_bits - (2 if f.ieee_specials else 1)  # the last exponent field that holds numbers
-    e = torch.arange(1, top + 1, dtype=torch.float64)
+    e = torch.arange(1, top + 1, dtype=torch.float64, device="cpu")
     normal = ((1 + m / 2**f.mantissa_bits) * torch.exp2(e[:, None] - f.bias)).flatten()
     positive = torch.cat([subnormal, normal])
     positive = positive[positive <= f.max]  # E4M3: drops 1.111·2^8, the NaN code
-    return torch.cat([-positive.flip(0), torch.zeros(1, dtype=torch.float64), positive])
+    return torch.cat([-positive.flip(0), positive.new_zeros(1), positive])
 
 
 def _binade(mag: torch.Tensor, f: Format) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dslab import accounting as acc
-from dslab import capstone, data, plots, train
+from dslab import capstone, data, plots, train, validate
 from dslab.configs import ModelArgs
 from dslab.data import CharTokenizer, get_batch
 from dslab.model import Block, Transformer
@@ -66,7 +66,8 @@ def clean_scratch() -> None:
 def first_batch(cfg: capstone.RunConfig, train_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch ``train_lm`` draws at step 0 of this run (the same generator, seeded with cfg.train.seed)."""
     g = torch.Generator().manual_seed(cfg.train.seed)
-    return get_batch(train_ids, cfg.train.batch_size, cfg.train.block_size, g)
+    with torch.device("cpu"):  # a CPU generator draws it, as in train_lm; the model's user moves it
+        return get_batch(train_ids, cfg.train.batch_size, cfg.train.block_size, g)
 
 
 def fresh_model(args: ModelArgs, seed: int = 0) -> Transformer:
@@ -274,11 +275,14 @@ def precision_figure(runs: dict[str, list[dict]], window: int = 10):
 @torch.no_grad()
 def rank_loads(model: Transformer, x: torch.Tensor, ranks: int) -> torch.Tensor:
     """The expert load each of ``ranks`` data-parallel ranks would count for its slice of the batch x [B, S], in
-    every MoE layer: [ranks, layers, E] (the training path, as the trainer routes; nothing is updated)."""
+    every MoE layer: [ranks, layers, E] on the model's device (the training path, as the trainer routes; nothing is
+    updated). x may sit anywhere (``first_batch`` draws it on the CPU): it is moved to the model's device."""
+    validate.tensor("x", x, 2, floating=False)
+    validate.integer("ranks", ranks, 1, x.shape[0])
     was = model.training
     model.train()
     out = []
-    for part in x.chunk(ranks):
+    for part in x.to(next(model.parameters()).device).chunk(ranks):
         model.forward_mtp(part) if len(model.mtp) else model(part)
         out.append(torch.stack([m.last_load.clone() for m in model.moe_layers()]))
     model.train(was)
