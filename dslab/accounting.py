@@ -20,8 +20,12 @@ value out of range, naming the parameter.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Integral, Real
 
+import torch
+
+from dslab import runtime
 from dslab.configs import ModelArgs
 
 # DeepSeek-V3 training cost, V3 paper Table 1 and §1 (H800 GPU-hours; the $2/GPU-hour rental price is the paper's).
@@ -304,33 +308,91 @@ def flops_ratio(a: ModelArgs, b: ModelArgs, context_len: int, attn_impl: str = "
     return forward_flops_per_token(a, context_len, attn_impl) / forward_flops_per_token(b, context_len, attn_impl)
 
 
-def training_flops_per_token(args: ModelArgs, seq_len: int, causal: bool = True) -> float:
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def training_flops_per_token(args: ModelArgs, seq_len: int, causal: bool = True, include_mtp: bool = False) -> float:
     """FLOPs one training token costs: 3 × ``forward_flops_per_token`` (the backward pass ≈ 2× the forward).
 
     Attention is included at the average number of keys a token of a seq_len-token sequence sees: (seq_len + 1)/2
     with a causal mask (causal=True), seq_len without (the "non-causal" convention some reports use). Counted are the
-    model's own FLOPs only: no activation recomputation, no MTP modules. V3 at seq_len 4096: 2.50e11 causal, 2.81e11
-    non-causal; 6·N alone (no attention) would be 2.20e11.
+    model's own FLOPs, no activation recomputation; the MTP modules with include_mtp (``mtp_flops_per_token``): what
+    a training step runs, the figure MFU divides. V3 at seq_len 4096, main model: 2.50e11 causal, 2.81e11 non-causal;
+    6·N alone (no attention) would be 2.20e11.
     """
     seq_len = _int("seq_len", seq_len, 1)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    _bool("causal", causal)
     keys = (seq_len + 1) / 2 if causal else seq_len
     weights = 2 * activated_params(args, include_embedding=False)
-    return 3 * (weights + attention_flops_per_token(args, 1) * keys)  # attention FLOPs are linear in the keys
+    main = 3 * (weights + attention_flops_per_token(args, 1) * keys)  # attention FLOPs are linear in the keys
+    return main + (mtp_flops_per_token(args, seq_len, causal) if _bool("include_mtp", include_mtp) else 0.0)
+
+
+def mtp_flops_per_token(args: ModelArgs, seq_len: int, causal: bool = True) -> float:
+    """Training FLOPs (3 × forward) the n_mtp Multi-Token Prediction modules add per training token (V3 §2.2).
+
+    Depth k runs on the seq_len − k positions that have a target k + 1 ahead: ``mtp_params`` (activated: its
+    projection M_k, its block with the experts a token runs, its norms) plus the output head it shares with the main
+    model, which runs once more per depth (the embedding it shares is a lookup); and one layer's attention over
+    (seq_len − k + 1)/2 keys (causal) or seq_len − k. Counted per main-model token, i.e. times (seq_len − k)/seq_len.
+    0 when n_mtp == 0. The capstone's cpu preset at seq_len 128: +30% over the main model (+31% of its weight FLOPs);
+    V3 at 4096: +4%.
+    """
+    args = _model(args)
+    seq_len, causal = _int("seq_len", seq_len, 1), _bool("causal", causal)
+    per_module = mtp_params(args, activated=True) // max(args.n_mtp, 1) + args.vocab_size * args.dim
+    per_key = attention_flops_per_token(args, 1) / args.n_layers  # one layer's
+    total = 0.0
+    for k in range(1, args.n_mtp + 1):
+        positions = max(seq_len - k, 0)
+        keys = (positions + 1) / 2 if causal else positions
+        total += positions / seq_len * (2 * per_module + per_key * keys)
+    return 3 * total
 
 
 def mfu(flops_per_token: float, tokens_per_second: float, peak_flops: float) -> float:
     """Model FLOPs utilization: the FLOP rate the model needs, flops_per_token × tokens_per_second, over the peak.
 
-    flops_per_token: e.g. ``training_flops_per_token`` (or ``forward_flops_per_token`` for inference);
-    tokens_per_second: measured throughput of the whole job; peak_flops: FLOP/s of all the devices it ran on
-    (``dslab.runtime.peak_flops``: the datasheet's dense peak on a GPU, a measured large GEMM on a CPU). Returns a
-    fraction (0.4 = 40%). Unlike "hardware FLOPs utilization", recomputed activations and padding do not count.
+    flops_per_token: what the step runs, ``training_flops_per_token(args, seq_len, include_mtp=True)`` for a
+    model with MTP modules (the main model alone beside it: include_mtp=False), ``forward_flops_per_token`` for
+    inference; tokens_per_second: measured throughput of the whole job; peak_flops: FLOP/s of all the devices it ran
+    on (``dslab.runtime.peak_flops``: the datasheet's dense peak on a GPU, the best measured GEMM on a CPU). Returns
+    a fraction (0.4 = 40%); the arithmetic only: ``measured_mfu`` treats a measured value above 1 as the timing error
+    it is. Unlike "hardware FLOPs utilization", recomputed activations and padding do not count.
     """
     flops_per_token = _real("flops_per_token", flops_per_token, 0, lo_open=True)
     tokens_per_second = _real("tokens_per_second", tokens_per_second, 0)
     return flops_per_token * tokens_per_second / _real("peak_flops", peak_flops, 0, lo_open=True)
+
+
+class MeasurementError(RuntimeError):
+    """A measured MFU stayed above 100% after the peak was measured again: the peak or the throughput was timed
+    wrongly (a busy machine, a clock that was not synchronized), or the FLOPs were over-counted. Not a result."""
+
+
+def measured_mfu(flops_per_token: float, tokens_per_second: float | Callable[[], float],
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 tries: int = 3) -> tuple[float, float]:
+    """(MFU, the peak FLOP/s it divides by) of a measured throughput against ``runtime.peak_flops(device, dtype)``.
+
+    An MFU above 1 is a measurement error, never a result: the peak was measured while the machine was busier than
+    when the work ran. The peak is then measured again (``refresh``: the best of every measurement is kept) and, when
+    tokens_per_second is a function, the throughput too, up to ``tries`` times in all; MeasurementError if it stays
+    above 1. tokens_per_second: a number, or a function that measures it (called once per try).
+    """
+    _real("flops_per_token", flops_per_token, 0, lo_open=True)
+    _int("tries", tries, 1)
+    measure = tokens_per_second if callable(tokens_per_second) else (lambda: tokens_per_second)
+    for attempt in range(tries):
+        peak = runtime.peak_flops(device, dtype, refresh=attempt > 0)
+        value = mfu(flops_per_token, measure(), peak)
+        if value <= 1.0:
+            return value, peak
+    raise MeasurementError(f"MFU {value:.0%} > 100% after {tries} measurements of the peak ({peak / 1e9:,.1f} "
+                           f"GFLOP/s, {runtime.peak_flops_source(device, dtype)}): a timing error, not a result")
 
 
 # ---------------------------------------------------------------------------------------------------- KV cache

@@ -272,7 +272,7 @@ def pretraining_run(cfg: RunConfig, out: str | os.PathLike, *, measure_peak: boo
     """Pretrain cfg's model into the folder ``out`` (config.json, checkpoint.pt, metrics.jsonl, summary.json,
     curves.png), resuming when ``out`` holds a checkpoint of the same configuration. Under ``torchrun`` with N > 1
     processes every rank trains its share of each global batch (DDP) and rank 0 writes the folder.
-    measure_peak: measure the device's peak FLOP/s (on a CPU, a 2048² float32 GEMM) so that rows carry MFU."""
+    measure_peak: measure the device's peak FLOP/s (``runtime.peak_flops``) so that rows carry MFU."""
     rank, size = init_distributed()
     out = Path(out)
     _run_folder(out, cfg, rank)
@@ -287,7 +287,7 @@ def pretraining_run(cfg: RunConfig, out: str | os.PathLike, *, measure_peak: boo
                                amp=cfg.train.amp or cfg.precision == "bf16")  # "bf16" means autocast
     start = time.perf_counter()
     history = train_lm(model, train_ids, val_ids, tcfg, peak_flops=peak, desc=desc or f"{cfg.preset} preset")
-    summary = summarize(cfg, history, device, source, size, time.perf_counter() - start)
+    summary = summarize(cfg, history, device, source, size, time.perf_counter() - start, peak_flops=peak)
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         plot_run(history, title=f"{cfg.preset} preset, {summary['device']}").savefig(out / "curves.png", dpi=110)
@@ -295,10 +295,11 @@ def pretraining_run(cfg: RunConfig, out: str | os.PathLike, *, measure_peak: boo
 
 
 def summarize(cfg: RunConfig, history: list[dict], device: torch.device, peak_source: str, ranks: int,
-              seconds: float) -> dict:
+              seconds: float, peak_flops: float | None = None) -> dict:
     """The run in a few numbers: sizes from lab 00's accounting, tokens, the last losses, MaxVio and acceptance,
-    median tokens/s and MFU over the steps, where the peak came from; wall_seconds: this call (a resumed run counts
-    only what it added), step_seconds: the training steps of the whole run (evaluation excluded)."""
+    median tokens/s and MFU over the steps (mfu: every module the step runs, MTP included; mfu_main: the main model
+    alone), the peak FLOP/s of one device they divide by and where it came from; wall_seconds: this call (a resumed
+    run counts only what it added), step_seconds: the training steps of the whole run (evaluation excluded)."""
     last = history[-1]
     val = [r["val_loss"] for r in history if "val_loss" in r]
     median = lambda k: float(np.median([r[k] for r in history if k in r])) if any(k in r for r in history) \
@@ -309,7 +310,8 @@ def summarize(cfg: RunConfig, history: list[dict], device: torch.device, peak_so
             "steps": len(history), "tokens": last["tokens"], "final_loss": last["loss"],
             "final_val_loss": val[-1] if val else None, "max_vio": last.get("max_vio"),
             "mtp_acceptance": last.get("mtp_acceptance"), "tokens_per_s": median("tokens_per_s"),
-            "mfu": median("mfu"), "peak": peak_source, "device": name, "ranks": ranks,
+            "mfu": median("mfu"), "mfu_main": median("mfu_main"), "peak_flops": peak_flops, "peak": peak_source,
+            "device": name, "ranks": ranks,
             "threads": torch.get_num_threads(), "precision": cfg.precision, "wall_seconds": round(seconds, 1),
             "step_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
             "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}

@@ -22,6 +22,7 @@ import contextlib
 import inspect
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from dslab.moe import max_vio
 from dslab.mtp import V3_LAMBDA_SWITCH, depth_losses, mtp_lambda
 from dslab.runtime import progress, world
 
-WALL_CLOCK_KEYS = ("seconds", "tokens_per_s", "mfu")  # the only row entries a resumed run does not reproduce
+WALL_CLOCK_KEYS = ("seconds", "tokens_per_s", "mfu", "mfu_main")  # the row entries a resumed run does not reproduce
 CHECKPOINT_FORMAT = "dslab-train/2"
 PATH_FIELDS = ("checkpoint", "metrics")  # where a run writes, not how it trains: never part of the resume check
 
@@ -396,6 +397,29 @@ def _save(model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator, hist
         "model_args": model.args.to_dict() if hasattr(model, "args") else None}, CHECKPOINT_FORMAT)
 
 
+def _step_flops(model: nn.Module, cfg: TrainConfig, depth: int, peak: float | None,
+                 given: float | None) -> tuple[float | None, float | None]:
+    """(FLOPs per token of everything a step runs, of the main model alone) for MFU: lab 00's counts for
+    ``model.args``, the MTP modules included when the model runs them; ``given`` replaces the first (no second)."""
+    if given is not None or peak is None or not hasattr(model, "args"):
+        return given, None
+    main = training_flops_per_token(model.args, cfg.block_size)
+    return training_flops_per_token(model.args, cfg.block_size, include_mtp=depth > 0), main
+
+
+def _mfu_row(flops: float, main_flops: float | None, tokens_per_s: float, peak: float, step: int) -> dict:
+    """mfu (every module the step runs) and mfu_main (the main model alone); none when above 1, which is a timing
+    error (the peak measured on a busier machine than the step ran on), never a result."""
+    out = {"mfu": mfu(flops, tokens_per_s, peak)}
+    if main_flops is not None:
+        out["mfu_main"] = mfu(main_flops, tokens_per_s, peak)
+    if out["mfu"] > 1.0:
+        warnings.warn(f"step {step}: MFU {out['mfu']:.0%} > 100% against a peak of {peak / 1e9:,.1f} GFLOP/s: the "
+                      "peak was under-measured (dslab.runtime.peak_flops(..., refresh=True)); not logged", stacklevel=3)
+        return {}
+    return out
+
+
 def train_lm(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig,
              extra_loss: Callable[[nn.Module], torch.Tensor | None] | None = None,
              after_step: Callable[[nn.Module, int], dict | None] | None = None, *,
@@ -408,8 +432,9 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, c
     lr, loss (the main next-token loss, mean over the global batch), tokens (seen so far), grad_norm, and for an MoE
     model max_vio (of the step's whole batch, mean over MoE layers; ``load`` every cfg.load_every steps); for a model
     with MTP modules mtp_lambda, mtp_loss ((λ/D) Σ_k L^k), mtp_ce (the list of L^k) and mtp_acceptance; every
-    ``eval_every`` steps and at the end val_loss (main loss). Wall clock: seconds, tokens_per_s, and mfu given
-    ``peak_flops`` (FLOP/s of one device) and ``flops_per_token`` (default: lab 00's count for ``model.args``).
+    ``eval_every`` steps and at the end val_loss (main loss). Wall clock: seconds, tokens_per_s, and given
+    ``peak_flops`` (FLOP/s of one device) mfu, of every module the step runs (``flops_per_token``, default lab 00's
+    count for ``model.args`` with its MTP modules), and mfu_main, the main model alone (with the default count).
     stop_after: train only the first so many steps of the schedule. Under ``torch.distributed`` every rank calls
     this with the same arguments; rank 0 writes the checkpoint and the metrics file."""
     device = next(model.parameters()).device
@@ -425,8 +450,7 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, c
     model.train()
     depth = len(getattr(model, "mtp", None) or ())
     forward, ddp = _wrap(model, cfg, device)
-    if peak_flops is not None and flops_per_token is None and hasattr(model, "args"):
-        flops_per_token = training_flops_per_token(model.args, cfg.block_size)
+    flops_per_token, main_flops = _step_flops(model, cfg, depth, peak_flops, flops_per_token)
     tokens_per_step = cfg.batch_size * cfg.block_size
     for step in progress(range(start, end), desc=desc, initial=start, total=end, disable=rank != 0 or None):
         lr = lr_at(step, cfg)
@@ -449,7 +473,7 @@ def train_lm(model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, c
             row["val_loss"] = estimate_loss(model, val_ids, cfg)
         row.update(seconds=seconds, tokens_per_s=tokens_per_step / seconds)
         if peak_flops is not None and flops_per_token is not None:
-            row["mfu"] = mfu(flops_per_token, tokens_per_step / seconds, peak_flops * size)
+            row.update(_mfu_row(flops_per_token, main_flops, tokens_per_step / seconds, peak_flops * size, step))
         history.append(row)
         if rank == 0:
             write_metrics(cfg.metrics, [row])

@@ -1,9 +1,12 @@
 """Accounting against hand-derived numbers (reference §7-§9): each expected value is written out from the shapes."""
 
+import time
+
 import pytest
+import torch
 
 from dslab import accounting as acc
-from dslab import configs
+from dslab import configs, runtime
 
 V3 = configs.load("deepseek-v3-671b")
 V2 = configs.load("deepseek-v2-236b")
@@ -194,3 +197,67 @@ def test_wrong_types_raise_type_error(call):
 def test_out_of_range_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ------------------------------------------------------------------------------------------------------- MFU
+def test_mtp_flops_count_every_module_the_step_runs():
+    """Depth k: M_k, its block (the experts a token runs), its norms and the shared head, on seq_len - k positions,
+    plus one layer's attention; written out for the capstone's cpu preset (one MTP module, an MoE block)."""
+    cpu, seq = configs.load("capstone-cpu"), 128
+    weights = 2 * 128 + 2 * 128 * 128 + acc.layer_params(cpu, cpu.n_layers, activated=True) + 128 + 100 * 128
+    per_key = acc.attention_flops_per_token(cpu, 1) / cpu.n_layers
+    expected = 3 * (seq - 1) / seq * (2 * weights + per_key * seq / 2)
+    assert acc.mtp_flops_per_token(cpu, seq) == pytest.approx(expected)
+    main = acc.training_flops_per_token(cpu, seq)
+    assert acc.training_flops_per_token(cpu, seq, include_mtp=True) == pytest.approx(main + expected)
+    assert expected / main == pytest.approx(0.30, abs=0.01)  # issue 21: the trainer's MFU left out ~30%
+    assert acc.mtp_flops_per_token(V3, 4096) / acc.training_flops_per_token(V3, 4096) == pytest.approx(0.04, abs=0.005)
+    assert acc.mtp_flops_per_token(LLAMA, 4096) == 0
+    assert acc.mtp_flops_per_token(cpu, seq, causal=False) > expected
+    with pytest.raises(TypeError, match="include_mtp"):
+        acc.training_flops_per_token(cpu, seq, include_mtp=1)
+
+
+def test_measured_mfu_measures_again_instead_of_reporting_above_one(monkeypatch):
+    peaks = iter([50.0, 80.0, 200.0])  # the first two under-measured (a busy machine), the third right
+    calls = []
+    monkeypatch.setattr(runtime, "peak_flops", lambda device, dtype, refresh=False: calls.append(refresh)
+                        or next(peaks))
+    value, peak = acc.measured_mfu(10.0, 9.0)  # 90 FLOP/s of work
+    assert (value, peak) == (0.45, 200.0) and calls == [False, True, True]
+    monkeypatch.setattr(runtime, "peak_flops", lambda device, dtype, refresh=False: 50.0)
+    with pytest.raises(acc.MeasurementError, match="after 3 measurements"):
+        acc.measured_mfu(10.0, lambda: 9.0)
+    with pytest.raises(ValueError, match="tries"):
+        acc.measured_mfu(10.0, 9.0, tries=0)
+
+
+def test_a_real_gemm_stays_below_the_measured_peak():
+    """A GEMM timed on its own measures at most 100% of the peak (measured again when it does not)."""
+    peak = runtime.peak_flops("cpu")
+    a = torch.randn(1024, 1024)
+    t0 = time.perf_counter()
+    a @ a
+    value, _ = acc.measured_mfu(2 * 1024**2, 1024 / (time.perf_counter() - t0))
+    assert 0 < value <= 1 and runtime.peak_flops("cpu") >= peak
+
+
+def test_the_trainer_logs_mfu_with_its_mtp_modules_and_the_main_model_beside_it():
+    from dataclasses import replace
+
+    from dslab import capstone, train
+
+    small = {"model.dim": 32, "model.n_heads": 2, "model.q_lora_rank": 16, "model.kv_lora_rank": 16,
+             "model.qk_nope_head_dim": 8, "model.qk_rope_head_dim": 8, "model.v_head_dim": 8, "model.inter_dim": 80,
+             "model.moe_inter_dim": 16, "model.n_layers": 2, "model.n_routed_experts": 8, "model.n_expert_groups": 2,
+             "model.n_limited_groups": 1, "model.max_seq_len": 64, "model.original_seq_len": 64, "batch_size": 4,
+             "block_size": 32, "n_chars": 20_000, "eval_batches": 1, "steps": 2, "eval_every": 2, "warmup": 1}
+    cfg = capstone.preset_config("cpu", **small)
+    train_ids, val_ids = capstone.corpus_ids(cfg)
+    tcfg = replace(cfg.train, checkpoint=None, metrics=None)
+    rows = train.train_lm(capstone.init_model(cfg), train_ids, val_ids, tcfg, peak_flops=1e15)
+    ratio = acc.training_flops_per_token(cfg.model, 32, include_mtp=True) / acc.training_flops_per_token(cfg.model, 32)
+    assert all(r["mfu"] / r["mfu_main"] == pytest.approx(ratio) and r["mfu"] <= 1 for r in rows) and ratio > 1.1
+    with pytest.warns(UserWarning, match="under-measured"):  # a peak far too low: a timing error, not logged
+        rows = train.train_lm(capstone.init_model(cfg), train_ids, val_ids, tcfg, peak_flops=1.0)
+    assert not any("mfu" in r or "mfu_main" in r for r in rows)

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import torch
 
-from dslab import configs, systems
+from dslab import configs, runtime, systems
 from dslab.course import answers
 from dslab.course.build import build_lab
 from dslab.course.check import run_cases
@@ -153,6 +153,18 @@ def test_overlap_rows():
 def test_measure_training_is_positive():
     r = X.measure_training(configs.load("tiny-v3").replace(n_mtp=0, n_layers=2), 1, 16, steps=1)
     assert r["tokens_per_s"] > 0 and r["tokens_per_step"] == 16
+
+
+def test_mfu_rows_never_report_more_than_the_peak():
+    """Issue 21: the GEMM chain printed 117% MFU. Each row is a fraction <= 1 against the one peak both share, or,
+    when measuring again does not bring it under 1, None beside the error (never the number)."""
+    out = X.mfu_rows(configs.load("tiny-v3").replace(n_mtp=0, n_layers=2), 1, 16, 1, 256, 128)
+    assert out["peak"] == runtime.peak_flops("cpu") and out["source"].startswith("measured")
+    for row in (out["chain"], out["tiny"]):
+        assert (0 < row["mfu"] <= 1) if row["mfu"] is not None else "100%" in row["error"]
+    assert out["chain"]["flops_per_token"] == 6 * 256**2
+    with pytest.raises(ValueError, match="chain_dim"):
+        X.mfu_rows(configs.load("tiny-v3"), 1, 16, 1, 0, 128)
 
 
 # ----------------------------------------------------------------------------------------------------- notebook

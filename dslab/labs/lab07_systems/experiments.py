@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dslab import accounting, configs, plots, runtime, systems
+from dslab import accounting, configs, plots, runtime, systems, validate
 from dslab import expert_parallel as ep
 from dslab.configs import ModelArgs
 from dslab.model import Transformer
@@ -189,10 +189,10 @@ def measure_training(args: ModelArgs, batch_size: int, seq_len: int, steps: int,
 
 def measure_gemm_chain(dim: int, rows: int, steps: int) -> dict:
     """A model that is nothing but one big matmul per step, forward and backward, to show what MFU a GEMM reaches:
-    tokens/s and its training FLOPs per token (6·dim²)."""
+    tokens/s (the mean over ``steps`` steps after a warm-up) and its training FLOPs per token (6·dim²)."""
     gen = torch.Generator().manual_seed(0)
-    w = torch.randn(dim, dim, generator=gen, requires_grad=True)
-    x = torch.randn(rows, dim, generator=gen, requires_grad=True)
+    w = torch.randn(dim, dim, generator=gen, device="cpu", requires_grad=True)
+    x = torch.randn(rows, dim, generator=gen, device="cpu", requires_grad=True)
 
     def step():
         (x @ w).sum().backward()
@@ -203,6 +203,35 @@ def measure_gemm_chain(dim: int, rows: int, steps: int) -> dict:
         step()
     seconds = (time.perf_counter() - t0) / steps
     return {"tokens_per_s": rows / seconds, "flops_per_token": 6 * dim * dim}
+
+
+def _checked(flops_per_token: float, measure: Callable[[], dict]) -> dict:
+    """measure() -> {"tokens_per_s", ...}, with "mfu" from ``accounting.measured_mfu`` (the last measurement kept);
+    a value that stays above 100% is a timing error: mfu None and the error's message, never the number."""
+    runs: list[dict] = []
+    try:
+        value, _ = accounting.measured_mfu(flops_per_token, lambda: runs.append(measure()) or runs[-1]["tokens_per_s"])
+        return {**runs[-1], "mfu": value}
+    except accounting.MeasurementError as e:
+        return {**runs[-1], "mfu": None, "error": str(e)}
+
+
+def mfu_rows(args: ModelArgs, batch_size: int, seq_len: int, steps: int, chain_dim: int, chain_rows: int,
+             seed: int = 0) -> dict:
+    """MFU on this CPU, at torch's current thread count and against one peak (``runtime.peak_flops``, float32), of
+    training ``args`` (``measure_training``, whose step runs the main model only: lab 00's FLOPs without MTP) and of
+    the GEMM chain (``measure_gemm_chain``). An MFU above 100% is a timing error: the peak and the throughput are
+    measured again (``accounting.measured_mfu``), and a row that stays above holds mfu None and the error. Returns
+    {"tiny": measure_training's dict + mfu, "chain": measure_gemm_chain's + mfu, "peak": FLOP/s, "source": str}."""
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("steps", steps), ("chain_dim", chain_dim),
+                        ("chain_rows", chain_rows)):
+        validate.integer(name, value, 1)
+    # the chain first: a peak it measures again then serves both rows
+    chain = _checked(6 * chain_dim**2, lambda: measure_gemm_chain(chain_dim, chain_rows, steps))
+    flops = accounting.training_flops_per_token(args, seq_len)
+    tiny = _checked(flops, lambda: measure_training(args, batch_size, seq_len, steps, seed))
+    value, source = peak("cpu")
+    return {"tiny": tiny, "chain": chain, "peak": value, "source": source}
 
 
 def peak(device) -> tuple[float, str]:
