@@ -446,6 +446,8 @@ def grpo_run(out: str | os.PathLike, cfg: grpo.GRPOConfig | None = None, *, eval
 
 
 def corpus_ids(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train ids, val ids) of a run's pretraining text: the last val_fraction of it is the validation split."""
-    text = data.pretraining_corpus(cfg.n_chars, cfg.prose_share, cfg.data_seed, mix=ARITHMETIC_MIX)
+    """(train ids, val ids) of a run's pretraining text: the last val_fraction of it is the validation split, its
+    prose paragraphs never in the training part."""
+    text = data.pretraining_corpus(cfg.n_chars, cfg.prose_share, cfg.data_seed, mix=ARITHMETIC_MIX,
+                                   val_fraction=cfg.val_fraction)
     return data.train_val_split(data.encode_text(text), cfg.val_fraction)

@@ -223,9 +223,10 @@ def load_split(name: str, root: Path | str = "datasets") -> list[Problem]:
 # ------------------------------------------------------------------------------------------- RL task (lab 05, GRPO)
 # Addition and subtraction with operands of up to 3 digits (training, in-distribution test) or 4 digits (the harder
 # split outside the training distribution). A completion keeps its working inside <think></think> and the result
-# inside <answer></answer>, as R1-Zero's template asks (R1 Table 1, in a few dozen characters here). The working goes
-# column by column from the units, written in one of two notations: "digits" (5+8=13) or "letters", the same steps in
-# a second script (a=0 ... j=9: f+i=bd), the toy stand-in for the two languages R1-Zero mixed in its reasoning.
+# inside <answer></answer>, as R1-Zero's template asks (R1 Table 1, in about a hundred characters here). The working
+# goes column by column from the units, written in one of two notations: "digits" (34+27:4+7+1=12,23) or "letters",
+# the same steps in a second script (a=0 ... j=9: de+ch:e+h+b=bc,cd), the toy stand-in for the two languages R1-Zero
+# mixed in its reasoning.
 
 NOTATIONS = ("digits", "letters")
 LETTERS = "abcdefghij"  # the "letters" script: digit d is written LETTERS[d]
@@ -284,12 +285,16 @@ def _split_question(question: str) -> tuple[int, str, int]:
 
 
 def working_steps(question: str) -> list[str]:
-    """The working of ``question`` in the digits notation, one step per column from the units.
+    """The working of ``question`` in the digits notation: one word per column, from the units.
 
-    Addition: ``x+y[+carry]=s`` ("5+8=13", then "4+7+1=12"); the answer is the last s followed by the other columns'
-    last digits, read backwards. Subtraction of the smaller from the larger: ``x-y[-borrow]=d``, written ``1x-...``
-    when the column borrows ("15-8=7", "14-7-1=6"). When a < b the working starts with "a<b" and the answer is minus
-    the working's result.
+    Each word restates what is left of the two operands (zero-padded to one length, so the column's digits are the
+    last ones before the operator and before the colon), works that column, and keeps a running result:
+    ``345+278:5+8=13,3 34+27:4+7+1=12,23 3+2:3+2+1=6,623``. Subtraction of the smaller from the larger borrows as
+    ``15-8=7`` and pays back as ``-1`` in the next column (``345-278:15-8=7,7 34-27:14-7-1=6,67 3-2:3-2-1=0,067``).
+    When a < b the working starts with ``a<b`` and the answer is minus the working's result.
+
+    Why this shape: every digit a step needs sits a fixed, short distance back (the restated operands, the previous
+    running result), so a tiny model can learn the working as a local pattern instead of counting columns.
     """
     a, op, b = _split_question(question)
     steps = []
@@ -297,18 +302,21 @@ def working_steps(question: str) -> list[str]:
         steps.append(f"{a}<{b}")
         a, b = b, a
     n = max(len(str(a)), len(str(b)))
-    xs, ys = (list(map(int, reversed(str(v).zfill(n)))) for v in (a, b))
-    carry = 0
-    for x, y in zip(xs, ys):
+    left, right = str(a).zfill(n), str(b).zfill(n)
+    carry, result = 0, ""
+    for k in range(n, 0, -1):
+        x, y = int(left[k - 1]), int(right[k - 1])
         if op == "+":
             s = x + y + carry
-            steps.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={s}")
-            carry = s // 10
+            core, digit, carry = f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={s}", s % 10, s // 10
         else:
             d = x - y - carry
-            top = f"1{x}" if d < 0 else f"{x}"
-            steps.append(f"{top}-{y}" + (f"-{carry}" if carry else "") + f"={d % 10}")
-            carry = int(d < 0)
+            core = f"{'1' if d < 0 else ''}{x}-{y}" + (f"-{carry}" if carry else "") + f"={d % 10}"
+            digit, carry = d % 10, int(d < 0)
+        result = f"{digit}{result}"
+        steps.append(f"{left[:k]}{op}{right[:k]}:{core},{result}")
+    if op == "+" and carry:  # the last column's carry is already the sum's leading digit
+        steps[-1] = steps[-1][: steps[-1].rindex(",") + 1] + f"{carry}{result}"
     return steps
 
 
@@ -349,7 +357,7 @@ def cold_start_pairs(task_list: list[Task], notation: str = "digits") -> list[tu
 # format. The most common single kind answers without any working (as much text on the web does); the others work
 # the problem in digits, in letters, or switch notation from step to step; some write the result without answer tags;
 # a tenth are bare equations.
-PRETRAIN_MIX = {"bare": 0.1, "digits": 0.2, "letters": 0.15, "mixed": 0.15, "no_working": 0.4}
+PRETRAIN_MIX = {"bare": 0.1, "digits": 0.3, "letters": 0.1, "mixed": 0.1, "no_working": 0.4}
 UNTAGGED_SHARE = 0.15
 
 
@@ -361,9 +369,9 @@ def arithmetic_documents(n_chars: int, seed: int = 0, max_digits: int = 3,
     keeps its working inside <think></think> (in digits, in letters, switching notation step by step, or none) and
     its result inside <answer></answer> (untagged in UNTAGGED_SHARE of them).
 
-    Each document's operands have up to d digits, d drawn uniformly from 1..max_digits (short problems are common in
-    any text, and they teach a small model where the digits of each column are). Questions in ``exclude`` (the
-    held-out splits) never appear.
+    Each document's operands have up to d digits, d drawn from 1..max_digits with probability ∝ d² (most problems
+    are as long as the test split's; the short ones show the working's first and last columns in isolation).
+    Questions in ``exclude`` (the held-out splits) never appear.
     """
     if not isinstance(n_chars, int) or n_chars <= 0:
         raise ValueError(f"n_chars must be a positive int, got {n_chars!r}")
@@ -372,10 +380,11 @@ def arithmetic_documents(n_chars: int, seed: int = 0, max_digits: int = 3,
         raise ValueError(f"mix must weigh kinds among bare, digits, letters, mixed, no_working; got {mix!r}")
     rng = random.Random(seed)
     kinds, weights = list(mix), list(mix.values())
+    lengths = list(range(1, max_digits + 1))
     docs, size = [], 0
     while size < n_chars:
         kind = rng.choices(kinds, weights)[0]
-        task = make_task(rng, rng.randint(1, max_digits))
+        task = make_task(rng, rng.choices(lengths, [d * d for d in lengths])[0])
         if task.question in exclude:
             continue
         if kind == "bare":
@@ -396,25 +405,49 @@ def pretraining_text(n_chars: int = 400_000, seed: int = 0, max_digits: int = 3,
     return "\n\n".join(arithmetic_documents(n_chars, seed, max_digits, exclude, mix))[:n_chars]
 
 
+VAL_PROSE_SHARE = 0.1  # of the prose paragraphs, set aside for the validation part before any repeats
+
+
 def pretraining_corpus(n_chars: int, prose_share: float = 0.3, seed: int = 0,
-                       exclude: frozenset[str] | None = None, mix: dict[str, float] | None = None) -> str:
+                       exclude: frozenset[str] | None = None, mix: dict[str, float] | None = None,
+                       val_fraction: float = 0.0) -> str:
     """About ``n_chars`` characters: documents of English prose (``prose``) and of templated arithmetic
     (``arithmetic_documents`` in ``mix``), shuffled together at the document level and separated by blank lines.
-    ``prose_share`` of the characters are prose (the paragraphs repeat when more is asked than exists); held-out RL
-    questions never appear (``exclude``, default ``held_out_questions()``)."""
+    ``prose_share`` of the characters are prose; held-out RL questions never appear (``exclude``, default
+    ``held_out_questions()``).
+
+    With ``val_fraction`` > 0 the text is two parts that ``train_val_split(ids, val_fraction)`` cuts apart exactly:
+    the validation part uses only VAL_PROSE_SHARE of the paragraphs, set aside before anything repeats, and the
+    training part only the others. A large run repeats its training paragraphs many times (the source has about
+    450k characters), so without this its validation loss would be measured on text it trained on.
+    """
     if not isinstance(n_chars, int) or n_chars <= 0:
         raise ValueError(f"n_chars must be a positive int, got {n_chars!r}")
     if not 0.0 <= prose_share <= 1.0:
         raise ValueError(f"prose_share must be in [0, 1], got {prose_share!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     exclude = held_out_questions() if exclude is None else exclude
     rng = random.Random(seed)
+    paragraphs = list(dict.fromkeys(p for p in prose().split("\n\n") if len(p) > 40))  # the source repeats some
+    rng.shuffle(paragraphs)
+    if val_fraction == 0.0:
+        return _documents(n_chars, prose_share, paragraphs, rng, seed, exclude, mix)
+    n_train = int(n_chars * (1 - val_fraction))  # train_val_split's cut
+    held = max(1, int(len(paragraphs) * VAL_PROSE_SHARE))
+    train = _documents(n_train, prose_share, paragraphs[held:], rng, seed, exclude, mix)
+    val = _documents(n_chars - n_train, prose_share, paragraphs[:held], rng, seed + 1, exclude, mix)
+    return train + val
+
+
+def _documents(n_chars: int, prose_share: float, paragraphs: list[str], rng: random.Random, seed: int,
+               exclude: frozenset[str], mix: dict[str, float] | None) -> str:
+    """Exactly ``n_chars`` characters of arithmetic documents and ``paragraphs`` (cycled), shuffled together."""
     arith_chars = int(n_chars * (1 - prose_share))
     docs = []
     if arith_chars:  # cut at arith_chars, then split again: the last document may end mid-way
         docs = "\n\n".join(arithmetic_documents(arith_chars, seed, exclude=exclude, mix=mix))[:arith_chars]
         docs = docs.split("\n\n")
-    paragraphs = [p for p in prose().split("\n\n") if len(p) > 40]
-    rng.shuffle(paragraphs)
     size, i = 0, 0
     while size < n_chars - arith_chars:
         docs.append(paragraphs[i % len(paragraphs)])

@@ -27,8 +27,8 @@ ANSWER_BLOCK = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_C
 INTEGER = re.compile(r"\s*(-?[0-9]{1,30})\s*")  # plain ASCII integer, <= 30 digits: no "1_000", "+5", "1e3", "٣"
 FORMAT = re.compile(r"\s*" + re.escape(THINK_OPEN) + r"(.*?)" + re.escape(THINK_CLOSE) + r"\s*"
                     + re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE) + r"\s*", re.DOTALL)
-WORD_CLASSES = {"digits": re.compile(r"[0-9+\-=<]*[0-9][0-9+\-=<]*"),
-                "letters": re.compile(r"[a-j+\-=<]*[a-j][a-j+\-=<]*")}
+WORD_CLASSES = {"digits": re.compile(r"[0-9+\-=<:,]*[0-9][0-9+\-=<:,]*"),
+                "letters": re.compile(r"[a-j+\-=<:,]*[a-j][a-j+\-=<:,]*")}
 COMPONENTS = ("accuracy", "format", "consistency")
 
 
@@ -75,7 +75,8 @@ def think_text(completion: str) -> str | None:
 
 
 def notation_of(word: str) -> str | None:
-    """"digits" for a step such as "4+7+1=12", "letters" for "e+h+b=bc", None for anything else."""
+    """"digits" for a step such as "34+27:4+7+1=12,23" (or "4+7+1=12"), "letters" for "de+ch:e+h+b=bc,cd", None for
+    anything else."""
     for notation, pattern in WORD_CLASSES.items():
         if pattern.fullmatch(word):
             return notation

@@ -250,12 +250,16 @@ def test_artifacts_script_runs_at_a_reduced_size(tmp_path):
         card = json.loads((tmp_path / "grpo" / f"{size}.json").read_text())
         model = shipped.load_policy(size, rows=16, path=tmp_path / "grpo" / f"{size}.pt")
         assert card["params"] == model.num_params() and card["made_by"].endswith("--reduced")
-    artifacts.main(["runs", "r1_zero", "student_distill", "cold_start", "--out", str(tmp_path), "--reduced"])
-    rows = grpo.read_metrics(tmp_path / "grpo" / "runs" / "r1_zero.jsonl")  # still named by grpo
+    artifacts.main(["runs", "r1_zero", "student_distill", "cold_start", "--out", str(tmp_path), "--reduced",
+                    "--seeds", "0", "1"])
+    runs = tmp_path / "grpo" / "runs"
+    rows = grpo.read_metrics(runs / "r1_zero-s0.jsonl")  # still named by grpo
     assert rows[0]["step"] == 0 and rows[-1]["step"] == 2 and "val_accuracy" in rows[-1]
-    summary = json.loads((tmp_path / "grpo" / "runs" / "cold_start.summary.json").read_text())
-    assert summary["sft_cpu_seconds"] > 0 and {"test", "hard"} <= set(summary)
-    distill = read_metrics(tmp_path / "grpo" / "runs" / "student_distill.jsonl")
+    assert shipped.seeds_of("r1_zero", runs) == [0, 1] and (tmp_path / "grpo" / "r1_zero.pt").exists()
+    assert shipped.read_runs(["r1_zero"], runs, seed=1)["r1_zero"] != rows  # the seed changes the run
+    summary = json.loads((runs / "cold_start-s1.summary.json").read_text())
+    assert summary["sft_cpu_seconds"] > 0 and {"test", "hard"} <= set(summary) and summary["seed"] == 1
+    distill = read_metrics(runs / "student_distill-s0.jsonl")
     assert distill[0]["cpu_seconds"] > 0  # the teacher's sampling counts
 
 
@@ -276,13 +280,25 @@ def test_shipped_checkpoints_load_and_score_what_their_cards_say(name):
 
 
 @pytest.mark.skipif(not (SHIPPED / "runs").exists(), reason="no shipped runs")
-def test_shipped_runs_are_complete():
+def test_shipped_runs_are_complete_with_three_seeds_each():
+    """Every comparison the lab draws rests on >= 3 training seeds (the one noise standard, shipped.is_finding)."""
     for name, spec in ex.run_specs().items():
-        rows = read_metrics(SHIPPED / "runs" / f"{name}.jsonl")
-        steps = spec.cfg.steps if spec.cfg else ex.DISTILL.steps
-        assert rows[0]["step"] == 0 and rows[-1]["step"] == steps, name
-        assert all(r["cpu_seconds"] >= 0 for r in rows)
-        assert json.loads((SHIPPED / "runs" / f"{name}.summary.json").read_text())["name"] == name
+        seeds = shipped.seeds_of(name)
+        assert len(seeds) >= 3, (name, seeds)
+        for seed in seeds:
+            rows = read_metrics(shipped.run_path(name, seed))
+            steps = spec.cfg.steps if spec.cfg else ex.DISTILL.steps
+            assert rows[0]["step"] == 0 and rows[-1]["step"] == steps, (name, seed)
+            assert all(r["cpu_seconds"] >= 0 for r in rows)
+            summary = shipped.read_summary(name, seed)
+            assert summary["name"] == name and summary["seed"] == seed
+
+
+def test_the_noise_standard():
+    assert not shipped.is_finding([0.9], [0.5])  # one seed: no spread to compare with
+    assert shipped.is_finding([0.90, 0.92, 0.91], [0.80, 0.83, 0.81])
+    assert not shipped.is_finding([0.90, 0.80, 0.85], [0.82, 0.86, 0.84])  # the gap is inside a range
+    assert shipped.mean_range([0.5, 0.7]) == "60.0% [50.0%–70.0%]" and shipped.mean_range([0.5]) == "50.0%"
 
 
 # ------------------------------------------------------------------------------------------------- experiments

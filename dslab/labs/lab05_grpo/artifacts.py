@@ -2,11 +2,11 @@
 
     python -m dslab.labs.lab05_grpo.artifacts data         # datasets/rl_arithmetic/{train,val,test,hard}.jsonl
     python -m dslab.labs.lab05_grpo.artifacts base         # datasets/grpo/{base,student}.{pt,json}: pretraining
-    python -m dslab.labs.lab05_grpo.artifacts runs [NAME]  # datasets/grpo/runs/<name>.jsonl (+ r1_zero.pt)
+    python -m dslab.labs.lab05_grpo.artifacts runs [NAME]  # datasets/grpo/runs/<name>-s<seed>.jsonl (+ r1_zero.pt)
     python -m dslab.labs.lab05_grpo.artifacts all
 
-``--out DIR`` writes elsewhere (DIR/rl_arithmetic, DIR/grpo); ``--reduced`` makes everything tiny (seconds: what the
-tests run). ``runs`` starts from the checkpoints in DIR/grpo, so run ``base`` first. Times in the metrics files are
+``--out DIR`` writes elsewhere (DIR/rl_arithmetic, DIR/grpo); ``--seeds 0 1 2`` makes each run with those training
+seeds (the default); ``--reduced`` makes everything tiny (seconds: what the tests run). ``runs`` starts from the checkpoints in DIR/grpo, so run ``base`` first. Times in the metrics files are
 CPU seconds of the run's own process (``time.process_time``), so they hold on a shared machine.
 """
 
@@ -26,7 +26,7 @@ from dslab.checkpoint import write_metrics
 from dslab.labs.lab05_grpo import experiments as ex
 from dslab.labs.lab05_grpo import shipped
 
-FINAL_EVAL_TASKS = 200  # per split, as the notebook evaluates (each with 16 samples): +-3 points at 50%
+FINAL_EVAL_TASKS = {"test": 500, "hard": 200}  # the whole test split; each problem with 16 samples as well
 REDUCED_PRETRAIN = {"steps": 30, "schedule_steps": 30, "batch_size": 8, "n_chars": 60_000}
 
 
@@ -44,8 +44,8 @@ def make_base(out: Path, reduced: bool = False, sizes: tuple[str, ...] = ("base"
     cards = {}
     for size in sizes:
         spec = ex.Pretraining(size=size, **(REDUCED_PRETRAIN if reduced else {}))
-        (model, history), cpu, wall = ex.timed(ex.pretrain, spec, test[:20 if reduced else 200],
-                                               10 if reduced else 250)
+        (model, history), cpu, wall = ex.timed(ex.pretrain, spec, test[:20 if reduced else 100],
+                                               10 if reduced else 500)
         card = {"made_by": f"python -m dslab.labs.lab05_grpo.artifacts base{' --reduced' if reduced else ''}",
                 "pretraining": spec.__dict__, "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1),
                 "torch_threads": torch.get_num_threads(), "curve": [r for r in history if "greedy_accuracy" in r]}
@@ -61,59 +61,65 @@ def make_base(out: Path, reduced: bool = False, sizes: tuple[str, ...] = ("base"
     return cards
 
 
-def _start(spec: ex.RunSpec, folder: Path, reduced: bool, log: dict) -> torch.nn.Module:
+def _start(spec: ex.RunSpec, folder: Path, reduced: bool, log: dict, seed: int) -> torch.nn.Module:
     """The policy a run starts from (a fresh copy)."""
     size = "student" if spec.start in ("student", "distill") else "base"
     model = shipped.load_policy(size, rows=256, path=folder / f"{size}.pt")
     if spec.start == "cold_start":
         pairs = ex.cold_start_examples(40 if reduced else ex.COLD_START_EXAMPLES)
-        cfg = replace(ex.COLD_START, steps=3 if reduced else ex.COLD_START.steps, eval_tasks=0)
+        cfg = replace(ex.COLD_START, steps=3 if reduced else ex.COLD_START.steps, eval_tasks=0, seed=seed)
         _, cpu, _ = ex.timed(sft.train_sft, model, pairs, cfg)
         log["sft_cpu_seconds"] = cpu
+        test = shipped.split("test")[: 8 if reduced else FINAL_EVAL_TASKS["test"]]  # the cold start alone
+        acc, fmt = evals.greedy_accuracy(model.eval(), test, ex.MAX_NEW["test"])
+        log["cold_start_only"] = {"test": {"greedy": acc, "format": fmt, "tasks": len(test)}}
     return model
 
 
-def make_run(name: str, out: Path, reduced: bool = False) -> dict:
-    """One run of ``ex.run_specs()``: its metrics file, and a summary of the final policy on test and hard."""
+def make_run(name: str, out: Path, reduced: bool = False, seed: int = 0) -> dict:
+    """One run of ``ex.run_specs()`` with training seed ``seed``: its metrics file, and a summary of the final policy
+    on test and hard (evaluated with the same sampling seed for every run)."""
     spec = ex.run_specs()[name]
     folder = out / "grpo"
     runs = folder / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     val = shipped.split("val")
-    log: dict = {"name": name, "about": spec.about}
-    model = _start(spec, folder, reduced, log)
+    log: dict = {"name": name, "about": spec.about, "seed": seed}
+    metrics = shipped.run_path(name, seed, folder=runs)
+    model = _start(spec, folder, reduced, log, seed)
     if spec.start == "distill":
         teacher = shipped.load_policy("base", rows=256, path=folder / "r1_zero.pt")
         tasks = shipped.split("train")[: 16 if reduced else ex.DISTILL_TASKS]
-        pairs, cpu, _ = ex.timed(ex.rejection_sample, teacher, tasks, 4)
+        pairs, cpu, _ = ex.timed(ex.rejection_sample, teacher, tasks, 4, seed=seed)
         log.update(teacher_sampling_cpu_seconds=cpu, distill_pairs=len(pairs), distill_tasks=len(tasks))
         cfg = replace(ex.DISTILL, steps=3 if reduced else ex.DISTILL.steps, eval_tasks=8 if reduced else 200,
-                      metrics=str(runs / f"{name}.jsonl"))
+                      metrics=str(metrics), seed=seed)
         rows = sft.train_sft(model, pairs or [(tasks[0].prompt, data.completion(tasks[0]))], cfg, val)
         for r in rows:  # the teacher's sampling is part of what distillation costs
             r["cpu_seconds"] += cpu
-        write_metrics(runs / f"{name}.jsonl", rows, append=False)
+        write_metrics(metrics, rows, append=False)
     else:
-        cfg = replace(_reduce(spec.cfg) if reduced else spec.cfg, metrics=str(runs / f"{name}.jsonl"))
+        cfg = replace(_reduce(spec.cfg) if reduced else spec.cfg, metrics=str(metrics), seed=seed)
         rows = grpo.train_grpo(model, shipped.split("train"), cfg, val, score=ex.scorer(), desc=name)
         if log.get("sft_cpu_seconds"):  # the cold start's SFT is part of the run's cost
             for r in rows:
                 r["cpu_seconds"] += log["sft_cpu_seconds"]
-            write_metrics(runs / f"{name}.jsonl", rows, append=False)
-        if name == "r1_zero":
+            write_metrics(metrics, rows, append=False)
+        if name == "r1_zero" and seed == 0:
             shipped.save_policy(model, folder / "r1_zero.pt", {
                 "made_by": f"python -m dslab.labs.lab05_grpo.artifacts runs r1_zero{' --reduced' if reduced else ''}",
                 "grpo": ex.config_dict(cfg)})
     k = 4 if reduced else 16
     for split_name in ("test", "hard"):
-        tasks = shipped.split(split_name)[: 8 if reduced else FINAL_EVAL_TASKS]
+        tasks = shipped.split(split_name)[: 8 if reduced else FINAL_EVAL_TASKS[split_name]]
         res = evals.evaluate(model, tasks, k=k, max_new_tokens=ex.MAX_NEW[split_name], seed=0)
         log[split_name] = {m: res[m] for m in ("greedy", "pass@1", f"pass@{k}", f"cons@{k}", "format")}
         log[split_name]["tasks"] = len(tasks)
         log[split_name]["style"] = ex.writing_style(res["samples"])
     log["cpu_seconds"] = rows[-1]["cpu_seconds"]
-    (runs / f"{name}.summary.json").write_text(json.dumps(log, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    print(f"{name}: test greedy {log['test']['greedy']:.3f}, hard greedy {log['hard']['greedy']:.3f}, "
+    shipped.run_path(name, seed, ".summary.json", runs).write_text(json.dumps(log, indent=1, sort_keys=True) + "\n",
+                                                                   encoding="utf-8")
+    print(f"{name} seed {seed}: test greedy {log['test']['greedy']:.3f}, hard greedy {log['hard']['greedy']:.3f}, "
           f"{log['cpu_seconds'] / 60:.1f} CPU min", flush=True)
     return log
 
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="*", help="runs to make (default: all, r1_zero first)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[3] / "datasets")
     p.add_argument("--reduced", action="store_true", help="tiny sizes, seconds (for tests)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of each run")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -140,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         make_base(a.out, a.reduced)
     if a.what in ("runs", "all"):
         for name in names:
-            make_run(name, a.out, a.reduced)
+            for seed in a.seeds:
+                make_run(name, a.out, a.reduced, seed)
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
     return 0
 

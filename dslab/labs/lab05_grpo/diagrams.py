@@ -9,7 +9,7 @@ EDGE = {LIVE: "#2e7d32", SHIPPED: "#3b5b7a", NOT_RUN: "#9e9e9e"}
 
 # box: (text, status); status says what this lab does with it
 STAGES = {
-    "base": ("base model\n(V3-Base; here: 0.46M params\npretrained on arithmetic text)", SHIPPED),
+    "base": ("base model\n(V3-Base; here: 0.17M params\npretrained on arithmetic text)", SHIPPED),
     "zero_rl": ("RL: GRPO\naccuracy + format rewards\n(rule-based)", LIVE),
     "zero": ("DeepSeek-R1-Zero", LIVE),
     "cold": ("cold-start SFT\nthousands of readable\nlong CoT examples", LIVE),
