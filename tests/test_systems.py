@@ -233,8 +233,7 @@ def test_mfu():
 def test_peak_flops_on_this_cpu_is_a_measured_gemm():
     peak = runtime.peak_flops("cpu")
     assert peak > 1e8 and runtime.peak_flops("cpu") == peak  # cached per device, dtype and thread count
-    assert runtime.peak_flops_source("cpu") == ("measured: the fastest 512/1024/2048-square float32 GEMM on cpu, "
-                                                "1 threads")
+    assert runtime.peak_flops_source("cpu") == "measured: the fastest 256-2048-square float32 GEMM on cpu, 1 threads"
     assert runtime.peak_flops("cpu", refresh=True) >= peak  # measured again, the best of both kept
     with pytest.raises(ValueError, match="dtype"):
         runtime.peak_flops("cpu", torch.int32)
@@ -244,11 +243,11 @@ def test_the_peak_is_cached_per_thread_count_and_validated(monkeypatch):
     calls = []
     monkeypatch.setattr(runtime, "_best_gemm", lambda device, dtype, n, repeats, seconds: calls.append(n) or 1e9 * n)
     monkeypatch.setattr(runtime, "_MEASURED", {})
-    assert runtime.measure_gemm_flops("cpu") == 2048e9 and calls == [512, 1024, 2048]  # the fastest size
-    assert runtime.measure_gemm_flops("cpu") == 2048e9 and len(calls) == 3
+    assert runtime.measure_gemm_flops("cpu") == 2048e9 and calls == [256, 512, 1024, 2048]  # the fastest size
+    assert runtime.measure_gemm_flops("cpu") == 2048e9 and len(calls) == 4
     with runtime.num_threads(2):
         runtime.measure_gemm_flops("cpu")
-    assert len(calls) == 6
+    assert len(calls) == 8
     for bad in ({"size": 32}, {"repeats": 0}, {"size": True}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             runtime.measure_gemm_flops("cpu", **bad)

@@ -190,6 +190,8 @@ def measure_training(args: ModelArgs, batch_size: int, seq_len: int, steps: int,
 def measure_gemm_chain(dim: int, rows: int, steps: int) -> dict:
     """A model that is nothing but one big matmul per step, forward and backward, to show what MFU a GEMM reaches:
     tokens/s (the mean over ``steps`` steps after a warm-up) and its training FLOPs per token (6·dim²)."""
+    for name, value in (("dim", dim), ("rows", rows), ("steps", steps)):
+        validate.integer(name, value, 1)
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(dim, dim, generator=gen, device="cpu", requires_grad=True)
     x = torch.randn(rows, dim, generator=gen, device="cpu", requires_grad=True)
