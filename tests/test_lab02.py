@@ -119,6 +119,49 @@ def test_scaled_mm_probe_and_comparison():
                for r in cmp.values())
 
 
+def test_scaled_mm_support_says_why_it_is_missing(monkeypatch):
+    assert ex.scaled_mm_support() is None  # the pinned torch runs row-wise scales on the CPU
+
+    def per_tensor_only(a, b, scale_a, scale_b, out_dtype):
+        if scale_a.numel() != 1:
+            raise RuntimeError("Now _scaled_mm only supports per-tensor scaling for CPU backend.")
+        return (a.float() @ b.float()) * scale_a * scale_b
+
+    monkeypatch.setattr(torch, "_scaled_mm", per_tensor_only)
+    message = ex.scaled_mm_support()
+    assert torch.__version__ in message and "per-tensor scaling" in message and "skipped" in message
+    monkeypatch.delattr(torch, "_scaled_mm")
+    assert "AttributeError" in ex.scaled_mm_support() or "_scaled_mm" in ex.scaled_mm_support()
+
+
+def test_calibration_and_accumulator_step():
+    table = ex.calibration_table([1, 4, 32], m=32, k=1024, n=32)
+    never = [e for _, e, _ in table]
+    assert never[0] > never[1] > never[2] > 0  # fewer truncations, less error
+    assert all(promoted < e for _, e, promoted in table)  # promotion helps at every truncation interval
+    assert ex.accumulator_step(65536, 14) == 8 and ex.accumulator_step(65536, 24) == 2.0**-7
+    assert ex.accumulator_step(1.5, 4) == 0.125  # E4M3's step in [1, 2)
+
+
+def _run(val: float, losses: list[float]) -> ex.PrecisionRun:
+    return ex.PrecisionRun("x", torch.tensor(losses), [], val, 0.0)
+
+
+def test_precision_verdict_reads_the_gap_against_the_floor():
+    flat = [2.0] * 8
+    base = {("fp32", s): _run(2.00 + 0.10 * s, flat) for s in range(3)}  # the seeds differ a lot ...
+    base.update({("bf16", s): _run(2.01 + 0.10 * s, flat) for s in range(3)})  # ... a rounding change a little
+    same = ex.precision_verdict({**base, **{("fp8", s): _run(2.015 + 0.10 * s, flat) for s in range(3)}}, [0, 1, 2],
+                                window=2)
+    assert same["floor"] == pytest.approx(0.01 / 2.00) and "do not differ" in same["verdict"]
+    assert same["paired"] == pytest.approx([0.005 / (2.01 + 0.10 * s) for s in range(3)])
+    assert same["spread"] == pytest.approx(0.2 / 2.1)  # far above the floor: what comparing seed by seed removes
+    growing = [2.0 + 0.01 * i for i in range(8)]
+    broken = ex.precision_verdict({**base, **{("fp8", s): _run(2.3 + 0.10 * s, growing) for s in range(3)}},
+                                  [0, 1, 2], window=1)
+    assert "growing" in broken["verdict"] and broken["train_gap"][1] > broken["train_gap"][0]
+
+
 def test_training_harness_and_gap():
     from dslab import configs
     from dslab.data import corpus_tensors

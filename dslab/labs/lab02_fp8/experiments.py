@@ -38,7 +38,7 @@ def format_table() -> list[dict]:
 
 def number_lines_figure():
     """Left: every positive E4M3 and E5M2 value on a log axis, BF16 as its density. Right: relative precision
-    (step / |x|) against |x| for the three formats: a sawtooth between 2^-M and 2^-(M-1), rising in the subnormals."""
+    (step / |x|) against |x| for the three formats: a sawtooth between 2^-(M+1) and 2^-M, rising in the subnormals."""
     fig, (ax1, ax2) = plots.figure(2, width=5.6, height=3.4)
     for row, name in enumerate(("e4m3", "e5m2")):
         v = fp8.representable_values(name)
@@ -184,10 +184,42 @@ def accumulation_figure(ks: list[int], by_k: dict[str, list[float]], intervals: 
     return fig
 
 
+def calibration_table(groups: list[int], m: int = 256, k: int = 4096, n: int = 256,
+                      seed: int = 0) -> list[tuple[int, float, float]]:
+    """How the emulated accumulation error depends on how often the 14-bit accumulator is truncated: for each
+    ``group`` (exact products added between two truncations), (group, error never promoted, error promoted every
+    N_C) at [m, k] · [n, k]ᵀ. V3 §3.5.2 describes steps of 32 products; ``fp8.ACC_GROUP`` is the group that lands
+    on the paper's "nearly 2%", a calibration of the emulation, not a derivation."""
+    return [(g, accumulation_error(m, k, n, None, seed, group=g), accumulation_error(m, k, n, fp8.N_C, seed, group=g))
+            for g in groups]
+
+
+def accumulator_step(value: float, bits: int) -> float:
+    """The gap between neighbouring values of a register with ``bits`` significant bits at ``value`` (> 0): a sum
+    that large cannot grow by less."""
+    return 2.0 ** (math.floor(math.log2(value)) - (bits - 1))
+
+
+def scaled_mm_support() -> str | None:
+    """None when ``torch._scaled_mm`` runs on this machine's CPU with per-tensor and row-wise scales, as section 3
+    calls it; otherwise one line saying why not and what to do (older torch builds have no CPU kernel, or only
+    per-tensor scales)."""
+    a = torch.ones(16, 32).to(torch.float8_e4m3fn)
+    b = torch.ones(16, 32).to(torch.float8_e4m3fn)
+    try:
+        for scale_a, scale_b in ((torch.tensor(1.0), torch.tensor(1.0)), (torch.ones(16, 1), torch.ones(1, 16))):
+            torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.float32)
+    except (AttributeError, NotImplementedError, RuntimeError, TypeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:100] if str(err).strip() else type(err).__name__
+        return (f"torch {torch.__version__} cannot run torch._scaled_mm on the CPU with row-wise scales ({reason}); "
+                "the cells that call it are skipped. The course's pinned torch (2.13.0, `make setup`) runs them.")
+    return None
+
+
 def scaled_mm_probe(k: int = 4096) -> dict[str, float]:
     """What ``torch._scaled_mm`` accumulates in, measured: one dot product of 256·256 = 65536 followed by k − 1
     products of 2^-9·2^-9 = 2^-18. An exact sum is 65536 + (k−1)·2^-18; an FP32 accumulator loses some of the small
-    products (its step at 65536 is 2^-7), BF16 or 14 bits lose all of them (their step at 65536 is ≥ 4).
+    products (its step at 65536 is 2^-7), 14 bits or BF16 lose all of them (their steps at 65536 are 8 and 512).
 
     Returns the kernel's result and, for the same inputs: the exact sum rounded to FP32 at the end, an FP32 GEMM of
     the dequantized values (``torch.mm``), a 14-bit accumulator promoted every 128 and one never promoted."""
@@ -302,6 +334,43 @@ def relative_gap(run: PrecisionRun, baseline: PrecisionRun, window: int = 20) ->
     return (a - b) / b
 
 
+def precision_verdict(runs: dict[tuple[str, int], PrecisionRun], seeds: list[int],
+                      window: int = 20) -> dict:
+    """What the runs say about FP8 against BF16, by the test section 4 states. Runs of one seed share their initial
+    weights and batches, so they are compared seed by seed: FP8's gap from BF16 on each seed, and the mean of those
+    gaps, against a floor set by a change that should cost nothing visible, rounding the GEMM inputs to BF16 instead
+    of keeping FP32: the largest BF16-vs-FP32 gap of any one seed.
+
+    runs: {(precision, seed): PrecisionRun} for "fp32", "bf16", "fp8" and every seed. Returns the mean validation
+    loss per precision, the paired gaps (relative, per seed) of FP8 from BF16 and of BF16 from FP32, their means, the
+    floor, the seed spread (the widest range of one precision's loss over the seeds, relative to its mean: what
+    pairing the runs takes out), FP8's smoothed training-loss gap from BF16 averaged over the seeds in the second
+    quarter and the last quarter of training (is it growing?), and the verdict in words.
+    """
+    precisions = ("fp32", "bf16", "fp8")
+    val = {p: [runs[p, s].val_loss for s in seeds] for p in precisions}
+    mean = {p: sum(v) / len(v) for p, v in val.items()}
+    paired = [(f - b) / b for f, b in zip(val["fp8"], val["bf16"])]
+    reference = [(b - f) / f for b, f in zip(val["bf16"], val["fp32"])]
+    gap, floor = sum(paired) / len(paired), max(abs(r) for r in reference)
+    gaps = torch.stack([relative_gap(runs["fp8", s], runs["bf16", s], window) for s in seeds]).mean(0)
+    steps = len(gaps)
+    early, late = gaps[steps // 4:steps // 2].mean().item(), gaps[3 * steps // 4:].mean().item()
+    if abs(gap) <= floor:
+        verdict = "FP8 and BF16 do not differ beyond the floor: no cost of FP8 measurable at this size"
+    elif gap < 0:
+        verdict = "FP8 below BF16 by more than the floor: read it as chance, since rounding has no reason to help"
+    elif gap < 3 * floor:
+        verdict = "FP8 above BF16 by more than the floor, though not several times it: a small cost at this size"
+    else:
+        verdict = "FP8 several times the floor above BF16" + (", and growing: look for a broken recipe"
+                                                              if late > early else "")
+    return {"mean": mean, "paired": paired, "gap": gap, "reference": reference,
+            "bf16_vs_fp32": sum(reference) / len(reference), "floor": floor,
+            "spread": max((max(v) - min(v)) / mean[p] for p, v in val.items()), "train_gap": (early, late),
+            "verdict": verdict}
+
+
 def training_figure(runs: dict[str, PrecisionRun], other_seed: PrecisionRun | None = None, window: int = 20):
     """Left: smoothed training losses. Right: each run's relative difference from the BF16 run of the same seed,
     and (``other_seed``, a BF16 run with another seed) how far the same precision moves when only the seed
@@ -349,7 +418,8 @@ def print_memory_table(args: ModelArgs, tokens: int, unit: str = "GiB") -> dict[
 
 
 __all__ = ["EMULATED", "GRANULARITIES", "PrecisionRun", "accumulation_error", "accumulation_figure",
-           "accumulation_sweep", "precision_model", "compare_with_scaled_mm", "error_histograms_figure",
-           "format_table", "fp8_operands", "linear_gradient_errors", "memory_table", "number_lines_figure",
-           "outlier_activations", "print_memory_table", "quantization_report", "relative_gap", "scaled_mm_probe",
-           "smoothed", "train_precision", "training_figure"]
+           "accumulation_sweep", "accumulator_step", "calibration_table", "compare_with_scaled_mm",
+           "error_histograms_figure", "format_table", "fp8_operands", "linear_gradient_errors", "memory_table",
+           "number_lines_figure", "outlier_activations", "precision_model", "precision_verdict", "print_memory_table",
+           "quantization_report", "relative_gap", "scaled_mm_probe", "scaled_mm_support", "smoothed",
+           "train_precision", "training_figure"]
