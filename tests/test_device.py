@@ -118,6 +118,18 @@ def test_sampling_and_speculative_decoding(run):
     assert sampled["tokens"] == spec_sampled["tokens"] == 8
 
 
+def test_join_builds_on_the_rollouts_device(run):
+    """join's own fault, apart from the rollout's: its ids and mask came from torch.full/torch.zeros."""
+    policy, _ = capstone.load_run(run.out, rows=8)
+    tok = data.CharTokenizer()
+    prompts = evals.encode_prompts(TASKS[:2], tok)
+    r = sampling.rollout(policy, prompts, 2, 6, tok.encode(data.ANSWER_CLOSE), 1.0, 1.0,
+                         torch.Generator().manual_seed(0), tok.pad_id)
+    with meta_default():
+        ids, mask = grpo.join(prompts, r, 2, tok.pad_id)
+    assert on_cpu(ids, mask) and ids.shape[0] == mask.shape[0] == 4 and int(mask.sum()) == int(r.lengths.sum())
+
+
 def test_rollout_join_and_grpo_step(run):
     policy, _ = capstone.load_run(run.out, rows=8)
     policy.train()
