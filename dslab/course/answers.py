@@ -7,7 +7,8 @@ unpickled, so a submission cannot smuggle an object whose ``__eq__`` lies. ``dsl
 the same encode/decode as the grader, so one answer gets one verdict wherever it is judged.
 
 Kernel side (runs in the submission's kernel, last): ``answer_all`` calls the learner's functions on the hidden cases,
-one time limit per call, and notes which registered reference callables ran during each call (delegation).
+one time limit per call, and notes which registered reference callables ran during each call (delegation), and which
+copies of them (the same code under another name).
 """
 
 from __future__ import annotations
@@ -141,14 +142,17 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def call(fn, args: tuple, seconds: float, watch: dict | None = None) -> dict:
+def call(fn, args: tuple, seconds: float, watch: dict | None = None, copies: dict | None = None) -> dict:
     """Run ``fn(*args)`` within ``seconds`` -> {"value": json} or {"error": name, "message": text}.
 
     watch: {code object: "module.qualname"} of callables to look out for; the names of those that ran during the
     call are added under "called" (how the grader sees an answer delegated to a reference implementation).
+    copies: {(file, first line): ("module.qualname", code object)}; other code that ran from the same place (a
+    function rebuilt from the reference's ``__code__`` under a new name) is named under "copied".
     """
     seen: set[str] = set()
-    profiler = _watcher(watch, seen) if watch else None
+    copied: set[str] = set()
+    profiler = _watcher(watch or {}, copies or {}, seen, copied) if watch or copies else None
     try:
         with time_limit(seconds):
             if profiler:
@@ -169,13 +173,21 @@ def call(fn, args: tuple, seconds: float, watch: dict | None = None) -> dict:
         result = {"error": type(e).__name__, "message": str(e)[:300]}
     if seen:
         result["called"] = sorted(seen)
+    if copied:
+        result["copied"] = sorted(copied)
     return result
 
 
-def _watcher(watch: dict, seen: set):
+def _watcher(watch: dict, copies: dict, seen: set, copied: set):
     def profile(frame, event, arg):
-        if event == "call" and frame.f_code in watch:
-            seen.add(watch[frame.f_code])
+        if event == "call":
+            code = frame.f_code
+            if code in watch:
+                seen.add(watch[code])
+            elif copies:
+                hit = copies.get((code.co_filename, code.co_firstlineno))
+                if hit is not None and code != hit[1]:
+                    copied.add(hit[0])
     return profile
 
 
@@ -214,10 +226,25 @@ def resolve(qualname: str):
     return getattr(obj, "__code__", None)
 
 
+def places(qualnames: list[str]) -> dict:
+    """{(file, first line): (qualname, code object)} of the callables named (those that cannot be found are left out):
+    where their code lives, which a copy of it keeps whatever it is named."""
+    if not isinstance(qualnames, list):
+        raise TypeError(f"qualnames must be a list of names, got {type(qualnames).__name__}")
+    found = {}
+    for q in qualnames:
+        code = resolve(q)
+        if code is not None:
+            found[(code.co_filename, code.co_firstlineno)] = (q, code)
+    return found
+
+
 def answer_all(namespace: dict, request: dict, seconds: float, on_progress=None) -> dict:
     """Answer every hidden case of ``request`` with the functions in ``namespace`` -> {exercise id: answers}.
 
-    request: {"exercises": [{"id", "target", "cases": [json args], "forbidden": [qualnames]}]}. Each call gets its
+    request: {"exercises": [{"id", "target", "cases": [json args], "forbidden": [qualnames], "references":
+    [qualnames]}]}: a call of a forbidden callable is reported as delegation, one of a copy of a forbidden callable or
+    a reference (the same code under another name) as a copy. Each call gets its
     own ``seconds``; a function that is missing, not callable, or raises is reported per case, never fatal.
     ``on_progress(answers)`` runs after each exercise, so a later hang cannot take earlier answers with it.
     """
@@ -231,7 +258,9 @@ def answer_all(namespace: dict, request: dict, seconds: float, on_progress=None)
         else:
             codes = {resolve(q): q for q in ex.get("forbidden", [])}
             codes.pop(None, None)
-            answers[ex["id"]] = {"results": [call(fn, from_json(args), seconds, codes) for args in ex["cases"]]}
+            copies = places([*ex.get("forbidden", []), *ex.get("references", [])])
+            answers[ex["id"]] = {"results": [call(fn, from_json(args), seconds, codes, copies)
+                                             for args in ex["cases"]]}
         if on_progress:
             on_progress(answers)
     return answers
@@ -246,4 +275,4 @@ def grade_cell(namespace: dict, payload: str, seconds: float, path: str) -> None
 
 
 __all__ = ["CallTimeout", "MAX_BYTES", "answer_all", "call", "decode", "encode", "from_json", "grade_cell", "judge",
-           "resolve", "time_limit", "to_json"]
+           "places", "resolve", "time_limit", "to_json"]

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
+import inspect
 import json
 import os
 import sys
+import textwrap
 import zlib
 from pathlib import Path
 
@@ -40,19 +43,219 @@ NOTE = DROPPED + " of this notebook was dropped: more than {:,} bytes]\n"
 GRADING_TAG = "dslab-grading"
 PLACEHOLDER = "# dslab grading: the hidden cases are answered here; the verdict is computed outside this kernel"
 ANSWERS = "answers.json"
+KERNEL_REPORT = "kernel.json"
 
 
 def grading_source(request: dict, call_seconds: float) -> str:
-    """The grading cell as the kernel runs it: the request travels compressed inside the source, nowhere else."""
+    """The grading cell as the kernel runs it: the request travels compressed inside the source, nowhere else.
+
+    With ``request["kernel"]`` (what the kernel is to report on itself: a nonce, the answering functions to hash, the
+    folders of installed code), the cell reports on the kernel before and after it answers (``kernel_report``)."""
     payload = base64.b64encode(zlib.compress(json.dumps(request).encode(), 6)).decode()
-    return (f"{PLACEHOLDER}\nfrom dslab.course.answers import grade_cell as _dslab_grade_cell\n"
-            f"_dslab_grade_cell(globals(), {payload!r}, {call_seconds!r}, {ANSWERS!r})")
+    spec = request.get("kernel")
+    report = (lambda stage: [_report_call(spec, stage)]) if spec else (lambda stage: [])
+    return "\n".join([PLACEHOLDER, *([inlined_report()] if spec else []), *report("before"),
+                      "from dslab.course.answers import grade_cell as _dslab_grade_cell",
+                      f"_dslab_grade_cell(globals(), {payload!r}, {call_seconds!r}, {ANSWERS!r})", *report("after")])
+
+
+def _report_call(spec: dict, stage: str) -> str:
+    """The grading cell's call of ``kernel_report``: one that fails leaves the report missing, which the grader flags,
+    and never costs the answers."""
+    return (f"try:\n    _dslab_kernel_report({spec!r}, {KERNEL_REPORT!r}, {stage!r})\n"
+            f"except Exception as _dslab_error:\n"
+            f"    print('dslab grader: the kernel report failed:', repr(_dslab_error)[:200])")
 
 
 def grading_budget(request: dict, call_seconds: float) -> int:
     """Seconds the grading cell may take: every call at its limit, plus start-up slack."""
     calls = sum(len(ex["cases"]) for ex in request.get("exercises", []))
     return int(calls * call_seconds + 60)
+
+
+# ---------------------------------------------------------------------------- the kernel's report on itself
+# These functions run in the kernel at grading time but are never imported there: ``inlined_report`` copies their
+# source into the grading cell, nested in one function, so an earlier cell cannot have replaced them. They use only
+# builtins and the standard library, and annotations that a bare cell can evaluate.
+def code_hash(code: object) -> str:
+    """A fingerprint of a code object that two processes compiling the same source agree on (its file and line
+    numbers aside): what the kernel reports for the answering code, and what the grader expects."""
+    import hashlib
+
+    if not hasattr(code, "co_code"):
+        raise TypeError(f"code must be a code object, got {type(code).__name__}")
+    h, todo = hashlib.sha256(), [code]
+    while todo:
+        c = todo.pop()
+        h.update(repr((c.co_name, c.co_argcount, c.co_posonlyargcount, c.co_kwonlyargcount, c.co_flags, c.co_names,
+                       c.co_varnames, c.co_freevars, c.co_cellvars)).encode())
+        h.update(c.co_code)
+        for k in c.co_consts:
+            if hasattr(k, "co_code"):
+                todo.append(k)
+            else:  # a frozenset's order changes with the hash seed; its sorted members do not
+                h.update(repr(sorted(map(repr, k)) if isinstance(k, frozenset) else k).encode())
+    return h.hexdigest()
+
+
+def _untrusted(code: object, roots: list) -> bool:
+    """Whether ``code`` comes from anywhere but installed code (the Python installation, its packages, dslab): a
+    cell, text given to exec, a file the submission wrote."""
+    import os
+
+    name = code.co_filename
+    if name.startswith("<frozen "):
+        return False
+    if name.startswith("<"):
+        return True
+    real = os.path.realpath(name)
+    return not any(real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def _code_of(obj: object) -> object:
+    """The Python code that calling ``obj`` runs, through bound methods, partials, ``__call__`` and, for an object
+    that is not callable, its class's first method (None when all of it is C code)."""
+    for _ in range(8):
+        if hasattr(obj, "__code__"):
+            return obj.__code__
+        found = getattr(obj, "__func__", None) or getattr(obj, "func", None)
+        if found is None:
+            methods = [v for k in type(obj).__mro__[:-1] for v in vars(k).values() if hasattr(v, "__code__")]
+            calls = [v for k in type(obj).__mro__[:-1] for n, v in vars(k).items() if n == "__call__"]
+            found = (calls or methods or [None])[0]
+        if found is None:
+            return None
+        obj = found
+    return None
+
+
+def _where(code: object, ip: object) -> str:
+    """"name (In[7])" for code from a cell (the grader turns In[7] into the cell's index), else "name (file)"."""
+    cells = getattr(getattr(ip, "compile", None), "_filename_map", None) or {}
+    number = cells.get(code.co_filename)
+    return f"{code.co_name} ({f'In[{number}]' if number is not None else code.co_filename.rsplit('/', 1)[-1]})"
+
+
+def _shell_hooks(ip: object, roots: list) -> list:
+    """IPython event callbacks and input/AST transformers, and shell, kernel or builtin functions, whose code is not
+    installed code."""
+    import builtins
+
+    found = []
+
+    def check(obj: object, what: str, strict: bool) -> None:
+        code = _code_of(obj)
+        if code is None and strict or code is not None and _untrusted(code, roots):
+            found.append(f"{what}: {_where(code, ip) if code is not None else repr(obj)[:60]}")
+
+    for event, callbacks in (getattr(getattr(ip, "events", None), "callbacks", None) or {}).items():
+        for callback in callbacks:
+            check(callback, f"IPython {event} callback", True)
+    for name in ("input_transformers_cleanup", "input_transformers_post", "ast_transformers"):
+        for transformer in getattr(ip, name, None) or []:
+            check(transformer, f"IPython {name} entry", True)
+    for owner in [o for o in (ip, getattr(ip, "kernel", None)) if o is not None] + [builtins]:
+        label = "builtins" if owner is builtins else type(owner).__name__
+        spaces = [vars(owner)] + ([] if owner is builtins else [vars(k) for k in type(owner).__mro__])
+        for space in spaces:
+            for name, value in list(space.items()):
+                if hasattr(value, "__code__") or hasattr(value, "__func__"):
+                    check(value, f"{label}.{name} replaced", False)
+    return found
+
+
+def _user_threads(ip: object, roots: list) -> list:
+    """Threads other than this one that are alive and run code that is not installed code (or were started on it)."""
+    import sys
+    import threading
+
+    frames, found = sys._current_frames(), []
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or not thread.is_alive():
+            continue
+        codes, frame = [], frames.get(thread.ident)
+        while frame is not None:
+            codes.append(frame.f_code)
+            frame = frame.f_back
+        for start in (getattr(thread, "_target", None), getattr(thread, "function", None), type(thread).run):
+            codes += [c for c in [_code_of(start)] if c is not None] if start is not None else []
+        mine = [c for c in codes if _untrusted(c, roots)]
+        if mine:
+            found.append(f"thread {thread.name!r} running {_where(mine[0], ip)}")
+    return found
+
+
+def _tracing(ip: object) -> list:
+    """Trace and profile functions in effect (none in an honest kernel between two calls of the grader's)."""
+    import sys
+    import threading
+
+    hooks = {"sys.settrace": sys.gettrace(), "sys.setprofile": sys.getprofile(),
+             "threading.settrace": getattr(threading, "gettrace", lambda: None)(),
+             "threading.setprofile": getattr(threading, "getprofile", lambda: None)()}
+    return [f"{name} is set: {_where(_code_of(fn), ip) if _code_of(fn) else repr(fn)[:60]}"
+            for name, fn in hooks.items() if fn is not None]
+
+
+def _answering_code(names: list) -> dict:
+    """{qualified name: code_hash} of the functions that answer the hidden cases, as they are in this kernel now."""
+    import importlib
+    import sys
+
+    hashes = {}
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        try:
+            obj = getattr(sys.modules.get(module) or importlib.import_module(module), attr)
+            while hasattr(obj, "__wrapped__"):
+                obj = obj.__wrapped__
+            hashes[name] = code_hash(obj.__code__)
+        except Exception:  # noqa: BLE001 - whatever stands there instead is not the package's code
+            hashes[name] = None
+    return hashes
+
+
+def kernel_report(spec: dict, path: str, stage: str) -> None:
+    """Write to ``path`` what this kernel finds about itself at ``stage`` ("before" or "after" answering): hashes of
+    the answering code, hooks, user threads still alive, trace functions; the grader turns them into flags.
+
+    spec: {"nonce": the batch's secret for this run, "functions": names to hash, "roots": folders of installed code}.
+    """
+    import json
+    import os
+
+    if not isinstance(spec, dict) or not {"nonce", "functions", "roots"} <= spec.keys():
+        raise ValueError("spec must be a dict with nonce, functions and roots")
+    if stage not in ("before", "after"):
+        raise ValueError(f"stage must be 'before' or 'after', got {stage!r}")
+    try:
+        from IPython import get_ipython
+        ip = get_ipython()
+    except ImportError:
+        ip = None
+    found = {"code": _answering_code(spec["functions"]), "hooks": _shell_hooks(ip, spec["roots"]) if ip else [],
+             "threads": _user_threads(ip, spec["roots"]), "trace": _tracing(ip)}
+    report = {}
+    if stage == "after" and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                report = json.load(f)
+        except (OSError, ValueError):
+            report = {}
+    report = report if isinstance(report, dict) and report.get("nonce") == spec["nonce"] else {}
+    report.update({"nonce": spec["nonce"], stage: found})
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(report, f)
+    os.replace(path + ".tmp", path)
+
+
+@functools.lru_cache(maxsize=1)
+def inlined_report() -> str:
+    """``kernel_report`` and its helpers as one function, ``_dslab_kernel_report``, for the grading cell's source."""
+    parts = [code_hash, _untrusted, _code_of, _where, _shell_hooks, _user_threads, _tracing, _answering_code,
+             kernel_report]
+    body = "\n".join(textwrap.indent(inspect.getsource(fn), "    ") for fn in parts)
+    return f"def _dslab_kernel_report(spec, path, stage):\n{body}\n    return kernel_report(spec, path, stage)\n"
 
 
 def _write_state(path: str, **state) -> None:
