@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dslab import validate
+
 # ---------------------------------------------------------------------------------------------------------- arithmetic
 
 LEVELS = {
@@ -221,12 +223,9 @@ def load_split(name: str, root: Path | str = "datasets") -> list[Problem]:
 
 
 # ------------------------------------------------------------------------------------------- RL task (lab 05, GRPO)
-# Addition and subtraction with operands of up to 3 digits (training, in-distribution test) or 4 digits (the harder
-# split outside the training distribution). A completion keeps its working inside <think></think> and the result
-# inside <answer></answer>, as R1-Zero's template asks (R1 Table 1, in about a hundred characters here). The working
-# goes column by column from the units, written in one of two notations: "digits" (34+27:4+7+1=12,23) or "letters",
-# the same steps in a second script (a=0 ... j=9: de+ch:e+h+b=bc,cd), the toy stand-in for the two languages R1-Zero
-# mixed in its reasoning.
+# a+b and a-b up to 3 digits (training, test) or 4 (the harder split). The working sits in <think></think>, the
+# result in <answer></answer> (R1 Table 1's template, shortened), column by column in "digits" (34+27:4+7+1=12,23) or
+# "letters" (a=0 ... j=9: de+ch:e+h+b=bc,cd), the toy stand-in for the two languages R1-Zero mixed.
 
 NOTATIONS = ("digits", "letters")
 LETTERS = "abcdefghij"  # the "letters" script: digit d is written LETTERS[d]
@@ -285,17 +284,11 @@ def _split_question(question: str) -> tuple[int, str, int]:
 
 
 def working_steps(question: str) -> list[str]:
-    """The working of ``question`` in the digits notation: one word per column, from the units.
-
-    Each word restates what is left of the two operands (zero-padded to one length, so the column's digits are the
-    last ones before the operator and before the colon), works that column, and keeps a running result:
-    ``345+278:5+8=13,3 34+27:4+7+1=12,23 3+2:3+2+1=6,623``. Subtraction of the smaller from the larger borrows as
-    ``15-8=7`` and pays back as ``-1`` in the next column (``345-278:15-8=7,7 34-27:14-7-1=6,67 3-2:3-2-1=0,067``).
-    When a < b the working starts with ``a<b`` and the answer is minus the working's result.
-
-    Why this shape: every digit a step needs sits a fixed, short distance back (the restated operands, the previous
-    running result), so a tiny model can learn the working as a local pattern instead of counting columns.
-    """
+    """The working of ``question`` in digits, one word per column from the units: what is left of the zero-padded
+    operands, that column's sum with its carry, the running result (``345+278:5+8=13,3 34+27:4+7+1=12,23
+    3+2:3+2+1=6,623``). Subtraction borrows as ``15-8=7`` and pays back ``-1`` next column; when a < b the working
+    starts with ``a<b`` and the answer is minus its result. Every digit a step needs sits a fixed, short distance
+    back, so a tiny model learns the working as a local pattern instead of counting columns."""
     a, op, b = _split_question(question)
     steps = []
     if op == "-" and a < b:
@@ -315,7 +308,7 @@ def working_steps(question: str) -> list[str]:
             digit, carry = d % 10, int(d < 0)
         result = f"{digit}{result}"
         steps.append(f"{left[:k]}{op}{right[:k]}:{core},{result}")
-    if op == "+" and carry:  # the last column's carry is already the sum's leading digit
+    if op == "+" and carry:  # the last column's carry is the sum's leading digit
         steps[-1] = steps[-1][: steps[-1].rindex(",") + 1] + f"{carry}{result}"
     return steps
 
@@ -353,10 +346,8 @@ def cold_start_pairs(task_list: list[Task], notation: str = "digits") -> list[tu
     return [(t.prompt, completion(t, notation)) for t in task_list]
 
 
-# The mix of the pretraining text: what a base model has seen before RL. Most documents are chats in the template's
-# format. The most common single kind answers without any working (as much text on the web does); the others work
-# the problem in digits, in letters, or switch notation from step to step; some write the result without answer tags;
-# a tenth are bare equations.
+# What a base model has seen before RL: chats in the template, most often answering without working (as much text on
+# the web does), else working in digits, letters or both; some without answer tags; a tenth bare equations.
 PRETRAIN_MIX = {"bare": 0.1, "digits": 0.3, "letters": 0.1, "mixed": 0.1, "no_working": 0.4}
 UNTAGGED_SHARE = 0.15
 
@@ -364,15 +355,11 @@ UNTAGGED_SHARE = 0.15
 def arithmetic_documents(n_chars: int, seed: int = 0, max_digits: int = 3,
                          exclude: set[str] | frozenset[str] = frozenset(),
                          mix: dict[str, float] | None = None) -> list[str]:
-    """Documents of templated arithmetic, about ``n_chars`` characters in all, kinds drawn from ``mix`` (default
-    ``PRETRAIN_MIX``): bare equations ("37+45=82") and chats in R1-Zero's template (``RL_TEMPLATE``) whose completion
-    keeps its working inside <think></think> (in digits, in letters, switching notation step by step, or none) and
-    its result inside <answer></answer> (untagged in UNTAGGED_SHARE of them).
-
-    Each document's operands have up to d digits, d drawn from 1..max_digits with probability ∝ d² (most problems
-    are as long as the test split's; the short ones show the working's first and last columns in isolation).
-    Questions in ``exclude`` (the held-out splits) never appear.
-    """
+    """About ``n_chars`` characters of templated arithmetic, kinds drawn from ``mix`` (default ``PRETRAIN_MIX``):
+    bare equations ("37+45=82") and chats in R1-Zero's template whose completion keeps its working in <think></think>
+    (digits, letters, switching notation step by step, or none) and its result in <answer></answer> (untagged in
+    UNTAGGED_SHARE). Operands have up to d digits, d in 1..max_digits drawn ∝ d² (most as long as the test split's);
+    questions in ``exclude`` never appear."""
     if not isinstance(n_chars, int) or n_chars <= 0:
         raise ValueError(f"n_chars must be a positive int, got {n_chars!r}")
     mix = PRETRAIN_MIX if mix is None else mix
@@ -401,7 +388,7 @@ def arithmetic_documents(n_chars: int, seed: int = 0, max_digits: int = 3,
 
 def pretraining_text(n_chars: int = 400_000, seed: int = 0, max_digits: int = 3,
                      exclude: set[str] | frozenset[str] = frozenset(), mix: dict[str, float] | None = None) -> str:
-    """About ``n_chars`` characters of ``arithmetic_documents``, separated by a blank line (lab 05's base model)."""
+    """``n_chars`` characters of ``arithmetic_documents`` between blank lines (lab 05's base model's text)."""
     return "\n\n".join(arithmetic_documents(n_chars, seed, max_digits, exclude, mix))[:n_chars]
 
 
@@ -411,20 +398,13 @@ VAL_PROSE_SHARE = 0.1  # of the prose paragraphs, set aside for the validation p
 def pretraining_corpus(n_chars: int, prose_share: float = 0.3, seed: int = 0,
                        exclude: frozenset[str] | None = None, mix: dict[str, float] | None = None,
                        val_fraction: float = 0.0) -> str:
-    """About ``n_chars`` characters: documents of English prose (``prose``) and of templated arithmetic
-    (``arithmetic_documents`` in ``mix``), shuffled together at the document level and separated by blank lines.
-    ``prose_share`` of the characters are prose; held-out RL questions never appear (``exclude``, default
-    ``held_out_questions()``).
-
-    With ``val_fraction`` > 0 the text is two parts that ``train_val_split(ids, val_fraction)`` cuts apart exactly:
-    the validation part uses only VAL_PROSE_SHARE of the paragraphs, set aside before anything repeats, and the
-    training part only the others. A large run repeats its training paragraphs many times (the source has about
-    450k characters), so without this its validation loss would be measured on text it trained on.
-    """
-    if not isinstance(n_chars, int) or n_chars <= 0:
-        raise ValueError(f"n_chars must be a positive int, got {n_chars!r}")
-    if not 0.0 <= prose_share <= 1.0:
-        raise ValueError(f"prose_share must be in [0, 1], got {prose_share!r}")
+    """About ``n_chars`` characters of English prose (``prose``, ``prose_share`` of them) and templated arithmetic
+    (``arithmetic_documents`` in ``mix``, never a question in ``exclude``, default ``held_out_questions()``),
+    shuffled together by document. With ``val_fraction`` > 0 the last part (what ``train_val_split`` cuts off) uses
+    only the VAL_PROSE_SHARE of paragraphs set aside before anything repeats: a large run cycles the ~450k-character
+    source many times, and would otherwise validate on text it trained on."""
+    validate.integer("n_chars", n_chars, 1)
+    validate.real("prose_share", prose_share, 0, 1)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     exclude = held_out_questions() if exclude is None else exclude

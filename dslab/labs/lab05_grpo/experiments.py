@@ -19,14 +19,21 @@ from dslab import data, evals, grpo, plots, sampling
 from dslab.configs import ModelArgs, load
 from dslab.labs.lab05_grpo.shipped import (  # noqa: F401 - re-exported: the notebook calls them as ex.<name>
     REACH,
+    at_equal_cpu,
     ablation_extras_figure,
     ablation_figure,
     claims_table,
+    compare,
     comparison_figure,
+    is_finding,
     load_policy,
+    mean_range,
     print_summaries,
     read_card,
     read_runs,
+    read_summary,
+    seed_values,
+    seeds_of,
     split,
 )
 from dslab.labs.lab05_grpo.widgets import plot_curves
@@ -133,7 +140,7 @@ def r1_zero_config(fast: bool = False, **changes) -> grpo.GRPOConfig:
     return replace(cfg, **changes)
 
 
-COLD_START = SFTConfig(steps=60, batch_size=32, lr=1e-3, warmup=5)
+COLD_START = SFTConfig(steps=60, batch_size=32, lr=1e-3, warmup=5, max_completion_length=MAX_NEW["train"])
 COLD_START_EXAMPLES = 500
 CONSISTENCY_WEIGHTS = {"accuracy": 1.0, "format": 0.1, "consistency": 0.2}
 
@@ -244,7 +251,7 @@ def run_specs() -> dict[str, RunSpec]:
     return {s.name: s for s in specs}
 
 
-DISTILL = SFTConfig(steps=150, batch_size=32, lr=1e-3, warmup=10, eval_every=15)
+DISTILL = SFTConfig(steps=150, batch_size=32, lr=1e-3, warmup=10, eval_every=15, max_completion_length=MAX_NEW["train"])
 DISTILL_TASKS = 2000  # train-split tasks the teacher samples for
 
 
