@@ -338,7 +338,7 @@ def test_sft_learns_the_completion(tmp_path):
         before = float(sft.sft_loss(model.train()(sft.sft_batch(pairs, TOK)[0]), *sft.sft_batch(pairs, TOK)[1:]))
     metrics = tmp_path / "sft.jsonl"
     metrics.write_text('{"step": 99}\n', encoding="utf-8")  # an older run's file is started over
-    cfg = sft.SFTConfig(steps=30, batch_size=16, lr=3e-3, warmup=2, metrics=str(metrics))
+    cfg = sft.SFTConfig(steps=60, batch_size=16, lr=3e-3, warmup=2, metrics=str(metrics))
     history = sft.train_sft(model, pairs, cfg)
     assert history[-1]["loss"] < 0.6 * before and history[-1]["cpu_seconds"] > 0
     assert read_metrics(metrics) == json.loads(json.dumps(history)) and history[0]["step"] == 0

@@ -6,8 +6,9 @@
     python -m dslab.labs.lab05_grpo.artifacts all
 
 ``--out DIR`` writes elsewhere (DIR/rl_arithmetic, DIR/grpo); ``--seeds 0 1 2`` makes each run with those training
-seeds (the default); ``--reduced`` makes everything tiny (seconds: what the tests run). ``runs`` starts from the checkpoints in DIR/grpo, so run ``base`` first. Times in the metrics files are
-CPU seconds of the run's own process (``time.process_time``), so they hold on a shared machine.
+seeds (the default); ``--reduced`` makes everything tiny (seconds: what the tests run). ``runs`` starts from the
+checkpoints in DIR/grpo, so run ``base`` first. Times in the metrics files are CPU seconds of the run's own process
+(``time.process_time``), so they hold on a shared machine.
 """
 
 from __future__ import annotations

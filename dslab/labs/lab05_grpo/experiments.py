@@ -19,9 +19,9 @@ from dslab import data, evals, grpo, plots, sampling
 from dslab.configs import ModelArgs, load
 from dslab.labs.lab05_grpo.shipped import (  # noqa: F401 - re-exported: the notebook calls them as ex.<name>
     REACH,
-    at_equal_cpu,
     ablation_extras_figure,
     ablation_figure,
+    at_equal_cpu,
     claims_table,
     compare,
     comparison_figure,
@@ -50,7 +50,7 @@ from dslab.rewards import (
 from dslab.sft import SFTConfig
 from dslab.train import TrainConfig, train_lm
 
-MAX_SEQ_LEN = 192  # prompt (<= 55 characters) + completion (<= 95 characters on the test split, <= 122 on the 4-digit one)
+MAX_SEQ_LEN = 192  # prompt (<= 55 characters) + completion (<= 95 on the test split, <= 122 on the 4-digit one)
 MAX_NEW = {"test": 100, "val": 100, "train": 100, "hard": 128}
 SIZES = {  # the policy (a dense transformer with MHA) and the smaller student of the distillation comparison
     "base": dict(dim=64, n_heads=4, head_dim=16, inter_dim=192, n_layers=3),
