@@ -172,6 +172,8 @@ def test_seed_sweep_varies_with_the_seed_and_repeats_with_it():
     a, b, again = sweep["free"]
     assert a.val_loss != b.val_loss and a.val_loss == again.val_loss
     assert torch.equal(a.loads, again.loads) and not torch.equal(a.loads, b.loads)
+    fig = experiments.sweep_figure(sweep)  # one point per seed, one mean marker per method
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 3 + 1
     with pytest.raises(ValueError, match="seeds"):
         experiments.seed_sweep([free], args, train_ids, val_ids, cfg, seeds=[])
 
@@ -212,6 +214,8 @@ def test_balance_tradeoff_finds_a_balancing_range_for_both_and_overshoot_at_the_
 def test_v3_training_steps_follow_the_batch_schedule():
     steps = experiments.v3_training_steps()
     assert 2.3e5 < steps["steps"] < 2.5e5 and steps["tokens_per_step_at_full_batch"] == 4096 * 15360
+    # γ = 0 for the last 500B tokens, all at the full batch
+    assert steps["steps"] - steps["bias_steps"] == pytest.approx(500e9 / (4096 * 15360))
 
 
 def test_collapsed_max_vio_is_what_a_collapsed_router_measures():

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from dslab import validate
+from dslab import plots, validate
 from dslab.accounting import V3_PRETRAIN_TOKENS
 from dslab.configs import ModelArgs
 from dslab.data import CharTokenizer, get_batch
@@ -276,17 +276,43 @@ def balance_tradeoff(alphas: list[float], gammas: list[float], steps: int = 60, 
     return {"aux": aux, "aux_free": free}
 
 
+V3_BIAS_TOKENS = 14.3e12  # V3 §4.2: γ = 0.001 for the first 14.3T tokens, then 0 for the remaining 500B
+
+
 def v3_training_steps() -> dict[str, float]:
     """Optimizer steps of V3's pre-training from its batch schedule (V3 §4.2): sequences of 4096 tokens, the batch
-    raised from 3072 to 15360 sequences over the first 469B tokens (taken as a linear ramp), then 15360 until 14.8T.
+    raised from 3072 to 15360 sequences over the first 469B tokens, then 15360 until 14.8T. The paper does not give
+    the ramp's shape; the batch is taken to grow linearly with the step. bias_steps: the steps during which the gate
+    bias moves (γ > 0, the first 14.3T tokens).
     """
     seq, start, end, ramp, total = 4096, 3072, 15360, 469e9, V3_PRETRAIN_TOKENS
-    ramp_steps = ramp / (seq * (start + end) / 2)  # a linear ramp in batch size averages its two ends
+    ramp_steps = ramp / (seq * (start + end) / 2)  # a batch growing linearly per step averages its two ends
     rest_steps = (total - ramp) / (seq * end)
+    bias_steps = ramp_steps + (V3_BIAS_TOKENS - ramp) / (seq * end)
     return {"ramp_steps": ramp_steps, "rest_steps": rest_steps, "steps": ramp_steps + rest_steps,
-            "tokens_per_step_at_full_batch": seq * end}
+            "bias_steps": bias_steps, "tokens_per_step_at_full_batch": seq * end}
+
+
+def sweep_figure(sweep: dict[str, list[RunResult]], title: str = ""):
+    """Validation loss against settled MaxVio, one point per run and seed, one colour per method, the mean of each
+    method's seeds as a larger marker: where each balancing setting lands between balance and language-model
+    quality, with the seed-to-seed scatter in view."""
+    fig, (ax,) = plots.figure(1, width=6.4, height=3.8)
+    for i, (name, results) in enumerate(sweep.items()):
+        vio = [r.final_max_vio() for r in results]
+        val = [r.val_loss for r in results]
+        color = "0.45" if name == "none" else f"C{i}"
+        ax.scatter(vio, val, s=18, color=color, alpha=0.55, lw=0)
+        ax.scatter([sum(vio) / len(vio)], [sum(val) / len(val)], s=70, color=color, marker="D", label=name,
+                   edgecolor="k", lw=0.6)
+    ax.set(xscale="log", xlabel="MaxVio, last quarter of training (log scale; lower is more balanced)",
+           ylabel="validation loss (nats)")
+    ax.legend(fontsize=8, title="diamonds: mean of the seeds", title_fontsize=7)
+    ax.set_title(title or "Balance against language-model quality, every seed", fontsize=10)
+    return fig
 
 
 __all__ = ["CHAR_CLASSES", "Method", "RouterSim", "RunResult", "balance_tradeoff", "balanced_model", "char_class",
            "collapsed_max_vio", "moe_forward_reference", "swiglu",
-           "routing_by_class", "seed_sweep", "simulate_router", "time_dispatch", "train_method", "v3_training_steps"]
+           "routing_by_class", "seed_sweep", "simulate_router", "sweep_figure", "time_dispatch", "train_method",
+           "v3_training_steps"]
