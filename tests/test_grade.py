@@ -1,5 +1,6 @@
 """The grader: full marks for solutions, zero for fresh labs, a report for every way one submission can go wrong, and
-a batch that holds against a class of determined students (each threat its own small hostile notebook).
+a batch that holds against a class of determined students (each threat its own small hostile notebook), including
+those who hook their own kernel to answer the hidden cases (flagged by name, issue 24).
 
 All submissions are graded in one batch (two at a time), as an instructor would, to keep the suite fast. The batch
 runs in the bubblewrap sandbox; without bwrap the isolation tests are skipped with the reason.
@@ -66,6 +67,76 @@ def _replace_body(nb, target: str, body: str):
     cell = _cell(nb, f"def {target}(")
     cell.source = cell.source.split("### BEGIN SOLUTION")[0].rstrip(" ") + body
     return nb
+
+
+# ------------------------------------------------------------------------------------- issue 24: hooked kernels
+# Each defines every exercise of lab 00 as a copy of its reference (the same code under the exercise's name), at a
+# moment the grader does not see coming: from a patched answer_all, an IPython hook, a thread.
+CLONE = """
+import types
+from dslab.course.exercises import exercises as _exs
+def _clone(ex):
+    ref = ex.reference
+    return types.FunctionType(ref.__code__.replace(co_name=ex.target), ref.__globals__, ex.target, ref.__defaults__,
+                              ref.__closure__)
+"""
+PATCH = """
+import dslab.course.answers as A
+_real = A.answer_all
+def _answer_all(namespace, request, seconds, on_progress=None):
+    for ex in _exs('00'):
+        namespace[ex.target] = _clone(ex)
+    for ex in request['exercises']:
+        ex['forbidden'], ex['references'] = [], []
+    return _real(namespace, request, seconds, on_progress)
+A.answer_all = _answer_all
+"""
+HOOK = """
+def _before(info):
+    if '_dslab_grade_cell' in (info.raw_cell or ''):
+        for ex in _exs('00'):
+            globals()[ex.target] = _clone(ex)
+get_ipython().events.register('pre_run_cell', _before)
+"""
+THREAD = """
+import threading, time
+def _watch():
+    while '_dslab_grade_cell' not in globals():
+        time.sleep(0.005)
+    for ex in _exs('00'):
+        globals()[ex.target] = _clone(ex)
+threading.Thread(target=_watch, daemon=True).start()
+"""
+SUPPRESS = """
+def _strip(lines):
+    if '_dslab_kernel_report' in ''.join(lines):
+        return [line for line in lines if line.startswith(('from dslab.course.answers', '_dslab_grade_cell('))]
+    return lines
+get_ipython().input_transformers_cleanup.append(_strip)
+"""
+HONEST = """
+import threading, time
+import numpy as np
+import torch
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
+done = threading.Event()
+def _progress():
+    while not done.wait(0.05):
+        print('.', end='', flush=True)
+spinner = threading.Thread(target=_progress, daemon=True)
+spinner.start()
+for step in tqdm(range(3)):
+    x = torch.randn(4, 4) @ torch.from_numpy(np.eye(4, dtype=np.float32))
+    time.sleep(0.05)
+done.set()
+spinner.join()
+fig, ax = plt.subplots()
+ax.plot(np.arange(3))
+plt.show()
+def _double(n):
+    return 2 * n
+"""
 
 
 # ----------------------------------------------------------------------------------------------- the submissions
@@ -177,10 +248,17 @@ try:
 except Exception as e:
     print('registry is read-only:', type(e).__name__)
 """))
-    slow = _nb()
+    slow = _after_setup(_nb(), HONEST)  # honest code that looks like the tricks below: it must not be flagged
     body = _cell(slow, f"def {TARGETS[first]}(")
     body.source = body.source.replace("### BEGIN SOLUTION", "### BEGIN SOLUTION\n    import time\n    time.sleep(1.2)")
     s["slow"] = _write(subs, "slow", slow)
+    # -- issue 24: a lab never attempted, answered by hooking the kernel (each trick its own notebook)
+    s["patched"] = _write(subs, "patched", _after_setup(_nb(LAB), CLONE + PATCH))
+    s["hook"] = _write(subs, "hook", _after_setup(_nb(LAB), CLONE + HOOK))
+    s["thread"] = _write(subs, "thread", _after_setup(_nb(LAB), CLONE + THREAD))
+    copies = CLONE + "for _ex in _exs('00'):\n    globals()[_ex.target] = _clone(_ex)\n"
+    s["cloned"] = _write(subs, "cloned", _at_end(_nb(LAB), copies))
+    s["suppressed"] = _write(subs, "suppressed", _after_setup(_nb(), SUPPRESS))
     (subs / "garbage.ipynb").write_text("{ this is not json", encoding="utf-8")
     (subs / "notes.json").write_text(json.dumps({"hello": "world"}), encoding="utf-8")
     s["garbage"], s["notes"] = subs / "garbage.ipynb", subs / "notes.json"
@@ -321,8 +399,39 @@ def test_the_package_is_read_only_to_kernels(batch):
 
 
 def test_honest_slow_code_gets_its_points(batch):
+    """Slow, and beside it what honest learners write: helpers, numpy/torch, tqdm, a progress thread, matplotlib."""
     r = batch[0]["slow"]
-    assert r["score"] == FULL, r["exercises"]
+    assert r["score"] == FULL and r["flags"] == [], (r["exercises"], r["flags"])
+
+
+# ------------------------------------------------------------------------------- issue 24: hooking the kernel
+@pytest.mark.parametrize("name, static, in_kernel", [
+    ("patched", ["grader code: cell 2 line 9: import dslab.course.answers as A", "module write: cell 2 line 17",
+                 "code object: cell 2 line 6"],
+     ["patched grader code: at grading time dslab.course.answers.answer_all was not the package's own"]),
+    ("hook", ["kernel hook: cell 2 line 13: get_ipython().events.register"],
+     ["kernel hook: at grading time, IPython pre_run_cell callback: _before (cell 2)"]),
+    ("thread", ["code object: cell 2 line 6"], ["background thread: at grading time, thread 'Thread-"]),
+    ("cloned", ["code object: cell 53 line 6: types.FunctionType"], ["cloned reference: 00.forward_flops ran a copy"]),
+    ("suppressed", ["kernel hook: cell 2 line 6: get_ipython().input_transformers_cleanup"],
+     ["kernel report missing"]),
+])
+def test_a_kernel_hooked_to_answer_is_flagged_by_name(batch, name, static, in_kernel):
+    """Each trick is flagged by the static scan (cell, line, construct) and by the kernel's own report."""
+    flags = batch[0][name]["flags"]
+    for expected in static + in_kernel:
+        assert any(f.startswith(expected) for f in flags), (expected, flags)
+
+
+def test_flags_keep_the_score_unless_strict(batch, tmp_path):
+    reports, _, out, subs = batch
+    assert reports["patched"]["score"] == FULL  # patched answer_all emptied the forbidden lists: flagged, not zeroed
+    assert reports["cloned"]["score"] == 0  # copies of forbidden references are delegation
+    assert all(e["flags"] for e in reports["patched"]["exercises"])
+    assert "patched grader code" in (out / "grades.csv").read_text() and "patched grader code" in (
+        out / "report.html").read_text()
+    [strict] = grade([subs["patched"]], tmp_path / "out", grading_seed=7, limits=LIMITS, sandbox="bwrap", strict=True)
+    assert strict["score"] == 0 and all("strict grading" in e["message"] for e in strict["exercises"])
 
 
 def test_submissions_are_never_modified_and_every_one_has_a_report(batch):

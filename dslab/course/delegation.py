@@ -20,6 +20,18 @@ def without_magics(source: str) -> str:
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
 
 
+def definitions_only(source: str) -> str | None:
+    """The imports, functions and classes of a cell, without its other statements (None if it does not parse):
+    what the grader keeps of a cell that killed or hung the kernel, so the exercises it defined still count."""
+    try:
+        tree = ast.parse(without_magics(source))
+    except SyntaxError:
+        return None
+    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    kept = [ast.get_source_segment(source, n, padded=True) for n in tree.body if isinstance(n, keep)]
+    return "\n".join(k for k in kept if k) or None
+
+
 def _dotted(node: ast.AST, aliases: dict[str, str]) -> str | None:
     """"package.module.attr" for a Name/Attribute chain rooted in an imported (or aliased) name, else None."""
     parts = []

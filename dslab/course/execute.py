@@ -228,6 +228,8 @@ def kernel_report(spec: dict, path: str, stage: str) -> None:
         raise ValueError("spec must be a dict with nonce, functions and roots")
     if stage not in ("before", "after"):
         raise ValueError(f"stage must be 'before' or 'after', got {stage!r}")
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str, got {type(path).__name__}")
     try:
         from IPython import get_ipython
         ip = get_ipython()

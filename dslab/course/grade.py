@@ -9,14 +9,19 @@ verdict, another submission's grade, or the grader. Submissions are only ever re
 the submission started is gone; ``DIR/summary.png`` and ``DIR/report.html`` sum the class up. ``DIR/manifest.json``
 lists each finished report with its hash, so a batch that stopped can be resumed (``--resume``).
 
+Before a notebook runs, ``scan`` reads its code for what an honest answer never needs (reaching into the grader, kernel
+hooks, code objects, writes to dslab's modules, dynamic code); at grading time the grading cell reports on its kernel
+(the answering code's hashes, hooks, user threads, trace functions). Both become flags in the report, which keep the
+score unless the batch is graded ``strict``.
+
 This module runs the batch; its parts live beside it: ``sandbox`` (where a submission runs), ``execute`` (the executor
-inside the sandbox), ``scoring`` (cases and verdicts), ``manifest`` (what is written and trusted again) and ``report``
-(grades.csv and the class report).
+inside the sandbox, and the grading cell's report on its kernel), ``scan`` (the static scan), ``scoring`` (cases,
+verdicts and flags), ``manifest`` (what is written and trusted again) and ``report`` (grades.csv and the class
+report).
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import random
@@ -35,8 +40,8 @@ import nbformat
 from dslab import __version__
 from dslab.course import answers as A
 from dslab.course import report as class_report
-from dslab.course.delegation import static_delegation, without_magics
-from dslab.course.execute import ANSWERS, DROPPED, GRADING_TAG, PLACEHOLDER, grading_budget
+from dslab.course.delegation import definitions_only, static_delegation
+from dslab.course.execute import ANSWERS, DROPPED, GRADING_TAG, KERNEL_REPORT, PLACEHOLDER, grading_budget
 from dslab.course.exercises import exercises, lab_for_notebook, lab_modules, notebook_of
 from dslab.course.manifest import (
     GraderChanged,
@@ -56,7 +61,18 @@ from dslab.course.sandbox import (
     sandbox_env,
     unmaskable,
 )
-from dslab.course.scoring import describe_errors, draw_cases, score
+from dslab.course.scan import scan
+from dslab.course.scoring import (
+    capped,
+    cell_numbers,
+    describe_errors,
+    draw_cases,
+    exercise_flags,
+    kernel_flags,
+    kernel_request,
+    references,
+    score,
+)
 
 _ASSIGN = {name: re.compile(rf"^{name}\s*(:[^=]*)?=", re.M) for name in ("SEED", "FAST")}
 MAX_STATE_BYTES = 1_000_000
@@ -149,23 +165,11 @@ def prepare(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def definitions_only(source: str) -> str | None:
-    """The imports, functions and classes of a cell, without its other statements (None if it does not parse):
-    what the grader keeps of a cell that killed or hung the kernel, so the exercises it defined still count."""
-    try:
-        tree = ast.parse(without_magics(source))
-    except SyntaxError:
-        return None
-    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-    kept = [ast.get_source_segment(source, n, padded=True) for n in tree.body if isinstance(n, keep)]
-    return "\n".join(k for k in kept if k) or None
-
-
 # ------------------------------------------------------------------------------------------------ one execution
 def run_once(nb: nbformat.NotebookNode, work: Path, request: dict, seed: int, limits: Limits, sandbox: str,
              masks: list[Path]) -> tuple[dict, nbformat.NotebookNode | None, dict]:
     """Execute ``nb`` once in ``work`` (inside the sandbox) -> (outcome, executed notebook, answers)."""
-    for leftover in ("executed.ipynb", "state.json", ANSWERS, "submission.ipynb"):
+    for leftover in ("executed.ipynb", "state.json", ANSWERS, KERNEL_REPORT, "submission.ipynb"):
         (work / leftover).unlink(missing_ok=True)
     nbformat.write(nb, work / "submission.ipynb")
     cmd = [sys.executable, "-m", "dslab.course.execute", "submission.ipynb", "executed.ipynb", "--state", "state.json",
@@ -204,6 +208,7 @@ def run_once(nb: nbformat.NotebookNode, work: Path, request: dict, seed: int, li
         outcome = {"status": "crashed", "evalue": f"the executor exited with code {proc.returncode}; see execute.log"}
     else:
         outcome = state if state.get("status") != "running" else {**state, "status": "crashed"}
+    outcome["kernel_report"] = read_json(work / KERNEL_REPORT, MAX_STATE_BYTES)
     return outcome, executed, read_json(work / ANSWERS, 4 * A.MAX_BYTES)
 
 
@@ -235,14 +240,19 @@ def execute_with_recovery(nb: nbformat.NotebookNode, work: Path, request: dict, 
 
 
 def grade_notebook(nb: nbformat.NotebookNode, lab: str, work: Path, seed: int, grading_seed: int, limits: Limits,
-                   sandbox: str, masks: list[Path], allow_delegation: bool = False
+                   sandbox: str, masks: list[Path], allow_delegation: bool = False, strict: bool = False
                    ) -> tuple[dict, nbformat.NotebookNode | None]:
+    """Scan, execute and score one notebook -> (result, executed notebook); result["flags"] lists what the static
+    scan and the kernel's report found (they keep the score unless ``strict``)."""
     exs = exercises(lab)
     cases = draw_cases(exs, grading_seed)
+    kernel = kernel_request()
     request = {"exercises": [{"id": ex.id, "target": ex.target, "cases": [A.to_json(c.args) for c in cases[ex.id]],
-                              "forbidden": list(ex.forbidden)} for ex in exs]}
-    sources = [c.source for c in nb.cells if c.cell_type == "code"]
-    delegated = {ex.id: static_delegation(sources, ex.target, ex.forbidden) for ex in exs}
+                              "forbidden": list(ex.forbidden), "references": references(ex)} for ex in exs],
+               "kernel": kernel}
+    code = [(i, c.source) for i, c in enumerate(prepare(nb).cells[:-1]) if c.cell_type == "code"]
+    delegated = {ex.id: static_delegation([src for _, src in code], ex.target, ex.forbidden) for ex in exs}
+    static = scan(code)  # before execution, outside the kernel: nothing the notebook does can change it
     outcome, executed, answers, problems = execute_with_recovery(nb, work, request, seed, limits, sandbox, masks)
     status = outcome.get("status")
     if status in ("kernel-died", "timeout", "crashed"):
@@ -252,9 +262,13 @@ def grade_notebook(nb: nbformat.NotebookNode, lab: str, work: Path, seed: int, g
                                     for c in executed.cells for o in c.get("outputs", [])):
         problems.append("the notebook printed more output than the grader keeps; the rest was dropped")
     why_missing = "the grading cell did not run (see problems)" if not answers else "not answered"
-    rows = score(exs, cases, answers, why_missing, delegated, allow_delegation)
+    in_kernel = kernel_flags(outcome.get("kernel_report", {}), kernel["nonce"], bool(answers), cell_numbers(executed))
+    rows = score(exs, cases, answers, why_missing, delegated, allow_delegation,
+                 exercise_flags(exs, static, in_kernel), strict)
+    flags = capped([str(f) for f in static] + in_kernel + [f for r in rows for f in r["flags"]
+                                                          if f.startswith("cloned reference")])
     final = "graded" if status in ("ok", "cell-errors") and answers else status if status != "ok" else "no-answers"
-    return {"status": final, "problems": problems, "exercises": rows}, executed
+    return {"status": final, "problems": problems, "exercises": rows, "flags": flags}, executed
 
 
 # ---------------------------------------------------------------------------------------------- the whole batch
@@ -295,7 +309,8 @@ def unique_names(files: list[Path]) -> list[str]:
 
 
 def grade_one(sub: Submission, out: Path, lab: str | None, seed: int, grading_seed: int, limits: Limits,
-              sandbox: str, masks: list[Path], warning: str | None, allow_delegation: bool = False) -> dict:
+              sandbox: str, masks: list[Path], warning: str | None, allow_delegation: bool = False,
+              strict: bool = False) -> dict:
     """Grade one submission -> its report (not yet written); never raises for a bad submission."""
     t0 = time.perf_counter()
     report = {"submission": str(sub.path), "name": sub.name, "sha256": sub.sha256, "grader_version": __version__,
@@ -308,7 +323,8 @@ def grade_one(sub: Submission, out: Path, lab: str | None, seed: int, grading_se
         nb, lab_id, flags = read_submission(sub.data, sub.path.name, lab, limits)
         report.update(lab=lab_id, flags=flags)
         result, executed = grade_notebook(nb, lab_id, work, seed, grading_seed, limits, sandbox, masks,
-                                          allow_delegation)
+                                          allow_delegation, strict)
+        flags += result.pop("flags")
         report.update(result)
         if executed is not None:
             path = out / "executed" / f"{sub.name}.ipynb"
@@ -353,14 +369,20 @@ class Batch:
     warning: str | None
     allow_delegation: bool
     jobs: int
+    strict: bool  # flagged exercises score 0
     digest: str  # package_digest() when the batch started
 
 
 def grade(paths: list[Path], out: Path, lab: str | None = None, seed: int = 0, grading_seed: int | None = None,
           jobs: int = 1, limits: Limits = Limits(), sandbox: str = "auto", resume: bool = False,
-          allow_delegation: bool = False, gradescope: bool = False) -> list[dict]:
+          allow_delegation: bool = False, gradescope: bool = False, strict: bool = False) -> list[dict]:
     """Grade a batch; returns the reports (also written to ``out``). Raises GraderChanged (after saving what was
-    finished) when the grader's own code changes during the batch."""
+    finished) when the grader's own code changes during the batch.
+
+    A submission the static scan or its kernel's report flags keeps its score (the flags say where to look) unless
+    ``strict``, which scores every exercise a flag touches 0."""
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     mode, warning = resolve(sandbox)
     _warn(warning)
     files = expand(paths)
@@ -373,7 +395,7 @@ def grade(paths: list[Path], out: Path, lab: str | None = None, seed: int = 0, g
         become_subreaper()
     digest = package_digest()
     batch = Batch(out, lab, seed, grading_seed, limits, mode, masks, mask_warning or warning, allow_delegation, jobs,
-                  digest)
+                  strict, digest)
     manifest = Manifest(out, grading_seed, digest, done)
     ordered = _grade_all(subs, batch, manifest)
     manifest.rewrite(ordered)
@@ -448,7 +470,7 @@ def _grade_submission(sub: Submission, batch: Batch, manifest: Manifest, reports
     if package_digest() != batch.digest:
         raise GraderChanged("the dslab package (the grader's code or exercise registry) changed during the batch")
     report = grade_one(sub, batch.out, batch.lab, batch.seed, batch.grading_seed, batch.limits, batch.sandbox,
-                       batch.masks, batch.warning, batch.allow_delegation)
+                       batch.masks, batch.warning, batch.allow_delegation, batch.strict)
     if batch.sandbox == "none" and batch.jobs == 1:
         kill_descendants()  # anything the submission left running outside a sandbox
     if package_digest() != batch.digest:

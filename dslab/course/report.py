@@ -1,7 +1,8 @@
 """The class report a grading run leaves for its instructor: ``grades.csv`` (one row per submission, one column per
 exercise), the table printed at the end, ``summary.png`` and a self-contained ``report.html`` (score histogram, pass
-rate per exercise, the most frequent failure per exercise, submissions that hit a limit or carry a flag), and, behind
-``--gradescope``, one Gradescope autograder ``results.json`` per submission.
+rate per exercise, the most frequent failure per exercise, submissions that hit a limit, every flag grouped by
+submission), and, behind ``--gradescope``, one Gradescope autograder ``results.json`` per submission. A flag (the
+static scan's, the kernel's report, delegation, a lab mismatch, no sandbox) is shown wherever the score is.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def summarize(reports: list[dict]) -> dict:
                or any(w in p for p in r.get("problems", []) for w in LIMIT_WORDS)]
     return {
         "submissions": len(reports),
-        "scores": [(r["name"], r["score"], r["max_score"]) for r in reports],
+        "scores": [(r["name"], r["score"], r["max_score"], len(r.get("flags", []))) for r in reports],
         "exercises": sorted(exercises.values(), key=lambda row: row["number"]),
         "hit_limits": limited,
         "flagged": [(r["name"], f) for r in reports for f in r.get("flags", [])],
@@ -81,7 +82,7 @@ def _generic(message: str) -> str:
 def summary_figure(summary: dict):
     """Score histogram and pass rate per exercise, side by side."""
     fig, (ax1, ax2) = plots.figure(2, width=5.0, height=3.4)
-    fractions = [s / m for _, s, m in summary["scores"] if m]
+    fractions = [s / m for _, s, m, _ in summary["scores"] if m]
     ax1.hist(fractions, bins=[i / 10 for i in range(11)], color="C0", edgecolor="white")
     ax1.set(xlabel="score (share of the maximum)", ylabel="submissions", xlim=(0, 1),
             title=f"{summary['submissions']} submissions")
@@ -108,8 +109,14 @@ def html_report(summary: dict, png: bytes) -> str:
         f"<tr><td>{e(r['number'])}</td><td>{e(r['id'])}</td><td>{100 * r['pass_rate']:.0f}%</td>"
         f"<td>{r['passed']} / {r['submissions']}</td><td>" +
         "<br>".join(f"{n}× {e(msg)}" for msg, n in r["top_failures"]) + "</td></tr>" for r in summary["exercises"])
-    scores = "".join(f"<tr><td>{e(n)}</td><td>{s:g} / {m:g}</td></tr>" for n, s, m in summary["scores"])
+    scores = "".join(f"<tr><td>{e(n)}</td><td>{s:g} / {m:g}</td><td>{f'{k} flag(s)' if k else ''}</td></tr>"
+                     for n, s, m, k in summary["scores"])
     items = lambda pairs: "".join(f"<li>{e(a)}: {e(b)}</li>" for a, b in pairs) or "<li>none</li>"  # noqa: E731
+    by_name: dict[str, list[str]] = {}
+    for name, flag in summary["flagged"]:
+        by_name.setdefault(name, []).append(flag)
+    flagged = "".join(f"<li>{e(n)}<ul>{''.join(f'<li>{e(f)}</li>' for f in fs)}</ul></li>"
+                      for n, fs in by_name.items()) or "<li>none</li>"
     limited = "".join(f"<li>{e(n)}</li>" for n in summary["hit_limits"]) or "<li>none</li>"
     figure = base64.b64encode(png).decode()
     return f"""<!doctype html>
@@ -121,7 +128,7 @@ vertical-align:top}}table{{border-collapse:collapse}}tr:nth-child(even){{backgro
 <h2>Exercises: where the class struggled</h2>
 <table><tr><th>#</th><th>exercise</th><th>full marks</th><th></th><th>most frequent failures</th></tr>{rows}</table>
 <h2>Submissions that hit a limit</h2><ul>{limited}</ul>
-<h2>Flags (lab mismatch, delegation, no sandbox)</h2><ul>{items(summary['flagged'])}</ul>
+<h2>Flags: where to look (scan and kernel report, delegation, lab mismatch, no sandbox)</h2><ul>{flagged}</ul>
 <h2>Not graded normally</h2><ul>{items(summary['not_graded'])}</ul>
 <h2>Scores</h2><table>{scores}</table>
 </body></html>

@@ -138,6 +138,8 @@ def _in_cell(text: str, cells: dict[int, int]) -> str:
 def cell_numbers(nb: nbformat.NotebookNode | None) -> dict[int, int]:
     """Execution count -> index of the cell in the prepared notebook (its id, ``dslab-<index>``), for an executed
     notebook."""
+    if nb is not None and not hasattr(nb, "cells"):
+        raise TypeError(f"nb must be a notebook or None, got {type(nb).__name__}")
     numbers = {}
     for cell in nb.cells if nb is not None else []:
         m = re.fullmatch(r"dslab-(\d+)", str(cell.get("id", "")))
@@ -149,6 +151,8 @@ def cell_numbers(nb: nbformat.NotebookNode | None) -> dict[int, int]:
 def exercise_flags(exs: list[Exercise], static: list[Flag], kernel: list[str]) -> dict[str, list[str]]:
     """Exercise id -> the flags that touch it: a static flag inside an exercise's function touches that exercise;
     any other (module-level code, a helper, the kernel's report) can reach every answer, so it touches all."""
+    if not all(isinstance(f, Flag) for f in static) or not all(isinstance(f, str) for f in kernel):
+        raise TypeError("static must be a list of scan.Flag and kernel a list of str")
     targets = {ex.target: ex.id for ex in exs}
     touched: dict[str, list[str]] = {ex.id: [] for ex in exs}
     for flag in static:
@@ -162,6 +166,8 @@ def exercise_flags(exs: list[Exercise], static: list[Flag], kernel: list[str]) -
 
 def capped(flags: list[str]) -> list[str]:
     """At most MAX_FLAGS flags, the last saying how many more there were."""
+    if not isinstance(flags, list):
+        raise TypeError(f"flags must be a list, got {type(flags).__name__}")
     flags = list(dict.fromkeys(flags))
     return flags if len(flags) <= MAX_FLAGS else flags[:MAX_FLAGS - 1] + [f"... and {len(flags) - MAX_FLAGS + 1} "
                                                                           f"more flags"]
