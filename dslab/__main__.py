@@ -165,22 +165,24 @@ def _sample(a) -> int:
 def _grpo(a) -> int:
     import torch
 
-    from dslab.capstone import grpo_config, grpo_run
+    from dslab.capstone import cold_start_config, grpo_config, grpo_run
     from dslab.checkpoint import CheckpointError
 
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
         cfg = grpo_config(a.fast, **_settings(a.set))
-        s = grpo_run(a.run, cfg, eval_tasks=a.eval_tasks, k=a.k)
+        s = grpo_run(a.run, cfg, base=a.base, cold_start=cold_start_config(a.fast) if a.cold_start else None,
+                     eval_tasks=a.eval_tasks, k=a.k, sample_tasks=a.sample_tasks)
     except (CheckpointError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     k = s["k"]
-    for when in ("before", "after"):
+    for when, label in (("before", "base"), ("cold_start", "cold start"), ("after", "GRPO")):
         r = s[when]
-        print(f"{when:>6} GRPO: greedy {r['greedy']:.3f}, pass@1 {r['pass@1']:.3f}, cons@{k} {r[f'cons@{k}']:.3f}, "
-              f"format {r['format']:.3f} on {s['test_tasks']} held-out test tasks")
+        if r:
+            print(f"{label:>10}: greedy {r['greedy']:.3f} on {r['tasks']} held-out test tasks; pass@1 "
+                  f"{r['pass@1']:.3f}, cons@{k} {r[f'cons@{k}']:.3f}, format {r['format']:.3f} on {r['sampled_tasks']}")
     print(f"wrote {a.run}/grpo/")
     return 0
 
@@ -291,7 +293,11 @@ def _capstone_commands(sub: argparse._SubParsersAction) -> None:
     gr.add_argument("run", type=Path, help="a run folder written by `python -m dslab train`")
     gr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a dslab.grpo.GRPOConfig field (steps=60, lr=1e-4, ...); repeatable")
-    gr.add_argument("--eval-tasks", type=int, default=100, help="held-out test tasks evaluated before and after")
+    gr.add_argument("--base", type=Path, help="start from this weights file (e.g. datasets/capstone/r1_base.pt) "
+                    "instead of RUN's checkpoint; RUN/grpo/ still holds the results")
+    gr.add_argument("--cold-start", action="store_true", help="supervised cold start on worked examples first (R1)")
+    gr.add_argument("--eval-tasks", type=int, default=100, help="held-out test tasks evaluated (greedy)")
+    gr.add_argument("--sample-tasks", type=int, help="of those, how many get k samples (default: all)")
     gr.add_argument("-k", type=int, default=8, help="samples per task for pass@1 and cons@k")
     gr.add_argument("--fast", action="store_true", help="a few tiny steps (a smoke run)")
     gr.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")

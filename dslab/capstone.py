@@ -23,15 +23,17 @@ import torch.distributed as dist
 from torch import nn
 
 from dslab import accounting as acc
-from dslab import data, grpo, plots, validate
-from dslab.checkpoint import CheckpointError, load_checkpoint
+from dslab import data, evals, grpo, plots, validate
+from dslab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dslab.configs import ModelArgs, load
 from dslab.fp8 import enable_real_fp8, enable_training
 from dslab.model import Transformer
 from dslab.mtp import speculative_generate
 from dslab.runtime import init_distributed, peak_flops, peak_flops_source, pick_device, world
+from dslab.sft import SFTConfig, train_sft
 from dslab.train import CHECKPOINT_FORMAT, PATH_FIELDS, TrainConfig, train_lm
 
+WEIGHTS_FORMAT = "dslab-capstone-weights/1"  # export_weights: a model's weights and its run's config
 PRECISIONS = ("fp32", "bf16", "fp8-emulated", "bf16-emulated", "fp8")
 
 # The capstone's own arithmetic mix, fixed here so that its shipped reference runs stay reproducible whatever lab 05
@@ -407,38 +409,85 @@ def grpo_config(fast: bool = False, **changes) -> grpo.GRPOConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def evaluate_r1(model: nn.Module, task_list: list, k: int = 8, max_new_tokens: int = 64, seed: int = 0,
-                max_rows: int | None = None) -> dict:
-    """Lab 05's evaluation on held-out tasks: greedy accuracy, pass@1 over k samples at temperature 0.6 / top-p 0.95
-    (R1 §3), pass@k, cons@k and the format rate (the samples themselves are dropped)."""
-    res = grpo.evaluate(model, task_list, k=k, max_new_tokens=max_new_tokens, seed=seed, max_rows=max_rows)
-    return {key: v for key, v in res.items() if key not in ("samples", "per_task")}
+COLD_START = SFTConfig(steps=60, batch_size=32, lr=1e-3, warmup=5, max_completion_length=100)  # lab 05's
 
 
-def grpo_run(out: str | os.PathLike, cfg: grpo.GRPOConfig | None = None, *, eval_tasks: int = 100, k: int = 8,
+def cold_start_config(fast: bool = False, **changes) -> SFTConfig:
+    """The cold start of the capstone's tiny R1 (lab 05's: 60 steps of 32 worked examples at lr 1e-3); FAST: 3."""
+    return dataclasses.replace(COLD_START, **({"steps": 3} if fast else {}), **changes)
+
+
+def evaluate_r1(model: nn.Module, task_list: list, k: int = 8, max_new_tokens: int = 100, seed: int = 0,
+                max_rows: int | None = None, sample_tasks: int | None = None) -> dict:
+    """Lab 05's evaluation on held-out tasks: greedy accuracy and format on all of ``task_list``; pass@1 over k
+    samples at temperature 0.6 / top-p 0.95 (R1 §3), pass@k, cons@k and their format rate on the first
+    ``sample_tasks`` of them (all by default: k samples per task cost k greedy runs)."""
+    greedy, fmt = evals.greedy_accuracy(model, task_list, max_new_tokens, max_rows)
+    sampled = task_list[:sample_tasks] if sample_tasks is not None else task_list
+    res = evals.evaluate(model, sampled, k=k, max_new_tokens=max_new_tokens, seed=seed, greedy=False,
+                         max_rows=max_rows)
+    return {"greedy": greedy, "greedy_format": fmt, "tasks": len(task_list), "sampled_tasks": len(sampled),
+            **{key: v for key, v in res.items() if key not in ("samples", "per_task")}}
+
+
+def load_weights(path: str | os.PathLike, rows: int = 1, device: torch.device | str = "cpu") -> tuple[nn.Module,
+                                                                                                     RunConfig]:
+    """The model a weights file of ``export_weights`` holds (eval mode, float32) and its run's configuration."""
+    state = load_checkpoint(Path(path), ("config", "model"), WEIGHTS_FORMAT)
+    cfg = RunConfig.from_dict(state["config"])
+    with torch.device("cpu"):  # where the file's tensors are loaded; moved below
+        model = Transformer(cfg.model, max_batch_size=rows)
+    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    return model.to(device).eval(), cfg
+
+
+def export_weights(model: nn.Module, cfg: RunConfig, path: str | os.PathLike) -> None:
+    """Write the model's weights (float16: half the bytes, far below the training noise) and its run's config."""
+    half = {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()
+            for k, v in model.state_dict().items()}
+    save_checkpoint(Path(path), {"config": cfg.to_dict(), "model": half}, WEIGHTS_FORMAT)
+
+
+def grpo_run(out: str | os.PathLike, cfg: grpo.GRPOConfig | None = None, *, base: str | os.PathLike | None = None,
+             cold_start: SFTConfig | None = None, eval_tasks: int = 100, k: int = 8, sample_tasks: int | None = None,
              fast: bool = False, device: torch.device | str = "cpu") -> dict:
-    """Turn a pretrained run into a tiny R1: GRPO (``dslab.grpo.train_grpo``) on lab 05's train split, starting from
-    out/checkpoint.pt, into out/grpo/ (checkpoint.pt, metrics.jsonl, summary.json); resumes like ``train_grpo``.
-    Returns the summary: lab 05's evaluation on the first ``eval_tasks`` held-out test tasks before and after."""
+    """Turn a pretrained model into a tiny R1 with lab 05's recipe, into out/grpo/ (before.json, cold_start.jsonl
+    and .json, checkpoint.pt, metrics.jsonl, summary.json, policy.pt): optional cold-start SFT on
+    ``data.cold_start_tasks`` worked in digits, then GRPO (``dslab.grpo.train_grpo``) on lab 05's train split; GRPO
+    resumes like ``train_grpo``. The model is out/checkpoint.pt, or the weights file ``base`` (``export_weights``).
+    Returns the summary: ``evaluate_r1`` on the first ``eval_tasks`` held-out test tasks before, after the cold
+    start (if any) and after GRPO."""
     cfg = cfg or grpo_config(fast)
     out = Path(out)
     folder = out / "grpo"
     folder.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, checkpoint=str(folder / "checkpoint.pt"), metrics=str(folder / "metrics.jsonl"))
-    model, _ = load_run(out, rows=cfg.max_rows, device=device)
+    if base is None:
+        model, _ = load_run(out, rows=cfg.max_rows, device=device)
+    else:
+        model, _ = load_weights(base, rows=cfg.max_rows, device=device)
     splits = data.rl_splits()
     test = splits["test"][:eval_tasks]
-    before_path = folder / "before.json"
-    if before_path.exists():
-        before = json.loads(before_path.read_text(encoding="utf-8"))
-    else:
-        before = evaluate_r1(model, test, k, cfg.max_completion_length, cfg.seed, cfg.max_rows)
-        before_path.write_text(json.dumps(before, indent=1) + "\n", encoding="utf-8")
+
+    def measured(name: str) -> dict:  # each evaluation is kept, so a resumed run does not repeat it
+        path = folder / f"{name}.json"
+        if not path.exists():
+            res = evaluate_r1(model.eval(), test, k, cfg.max_completion_length, cfg.seed, cfg.max_rows, sample_tasks)
+            path.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    before = measured("before")
+    warm = None
+    if cold_start is not None:
+        if not Path(cfg.checkpoint).exists():  # GRPO's checkpoint already holds the cold-started weights
+            train_sft(model, data.cold_start_pairs(data.cold_start_tasks()),
+                      dataclasses.replace(cold_start, metrics=str(folder / "cold_start.jsonl")), desc="cold start")
+        warm = measured("cold_start")
     model.train()  # train_grpo computes log-probs in the mode it finds the policy in: the uncached training path
     history = grpo.train_grpo(model, splits["train"], cfg, eval_tasks=splits["val"], desc="GRPO")
-    after = evaluate_r1(model, test, k, cfg.max_completion_length, cfg.seed, cfg.max_rows)
-    summary = {"before": before, "after": after, "test_tasks": len(test), "k": k, "steps": cfg.steps,
-               "reward_first": history[1]["reward"] if len(history) > 1 else None,
+    after = evaluate_r1(model.eval(), test, k, cfg.max_completion_length, cfg.seed, cfg.max_rows, sample_tasks)
+    summary = {"before": before, "cold_start": warm, "after": after, "test_tasks": len(test), "k": k,
+               "steps": cfg.steps, "reward_first": history[1]["reward"] if len(history) > 1 else None,
                "reward_last": history[-1].get("reward")}
     (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     torch.save({k_: v.detach().clone() for k_, v in model.state_dict().items()}, folder / "policy.pt")

@@ -377,6 +377,31 @@ def test_grpo_on_a_checkpoint_writes_its_evaluation(tmp_path):
     assert (out / "grpo" / "policy.pt").exists()
 
 
+def test_exported_weights_come_back_as_the_same_model_in_half_the_bytes(tmp_path):
+    cfg = tiny_config(steps=1)
+    model = C.init_model(cfg)
+    C.export_weights(model, cfg, tmp_path / "w.pt")
+    back, cfg2 = C.load_weights(tmp_path / "w.pt")
+    assert cfg2 == cfg and back.state_dict().keys() == model.state_dict().keys()
+    for k, v in model.state_dict().items():  # float16 rounding only
+        torch.testing.assert_close(back.state_dict()[k], v.half().float() if v.is_floating_point() else v)
+    with pytest.raises(C.CheckpointError, match="missing.pt"):
+        C.load_weights(tmp_path / "missing.pt")
+
+
+def test_the_r1_recipe_starts_from_weights_and_measures_each_stage(tmp_path):
+    cfg = tiny_config(steps=1, **{"model.max_seq_len": 192, "model.original_seq_len": 192})  # worked examples fit
+    C.export_weights(C.init_model(cfg), cfg, tmp_path / "base.pt")
+    g = C.grpo_config(fast=True, max_completion_length=16, max_rows=16)
+    summary = C.grpo_run(tmp_path / "r1", g, base=tmp_path / "base.pt", cold_start=C.cold_start_config(fast=True),
+                         eval_tasks=4, k=2, sample_tasks=2)
+    for when in ("before", "cold_start", "after"):
+        assert summary[when]["tasks"] == 4 and summary[when]["sampled_tasks"] == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "r1" / "grpo" / "cold_start.jsonl")] == [0, 1, 2, 3]
+    assert C.grpo_run(tmp_path / "r1", g, base=tmp_path / "base.pt", cold_start=C.cold_start_config(fast=True),
+                      eval_tasks=4, k=2, sample_tasks=2)["cold_start"] == summary["cold_start"]  # resumed, not redone
+
+
 @pytest.mark.skipif(os.environ.get("DSLAB_TEST_COMPILE") != "1", reason="torch.compile takes minutes on a CPU: set "
                     "DSLAB_TEST_COMPILE=1 to run it")
 def test_torch_compile_trains_like_eager(ids):

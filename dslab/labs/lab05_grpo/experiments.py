@@ -148,9 +148,7 @@ CONSISTENCY_WEIGHTS = {"accuracy": 1.0, "format": 0.1, "consistency": 0.2}
 def cold_start_examples(n: int = COLD_START_EXAMPLES, seed: int = 21) -> list[tuple[str, str]]:
     """The lab's cold-start set: ``n`` train-split tasks drawn with ``seed``, as readable (prompt, completion) pairs
     with their full working in the digits notation (``data.cold_start_pairs``)."""
-    tasks = split("train")
-    return data.cold_start_pairs([tasks[i] for i in torch.randperm(len(tasks), generator=torch.Generator()
-                                                                   .manual_seed(seed))[:n].tolist()], "digits")
+    return data.cold_start_pairs(data.cold_start_tasks(n, seed), "digits")
 
 
 def scorer(accuracy=None, format=None, target: str = "digits"):  # noqa: A002 - the reward's name
