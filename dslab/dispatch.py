@@ -13,6 +13,8 @@ w3[e] x)``. This module knows nothing of routing; ``dslab.moe`` decides who goes
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -124,6 +126,14 @@ def _exact(role: str, t: torch.Tensor, ends: torch.Tensor | None = None) -> torc
     return t
 
 
+def _same_dtype(quant: Callable | None) -> Callable:
+    """``quant`` with each result cast back to its operand's dtype (None: exact). The FP8 emulation returns float32;
+    under bf16 autocast the other operands are bf16, and one GEMM or index_add_ cannot mix the two."""
+    if quant is None:
+        return _exact
+    return lambda role, t, ends=None: quant(role, t, ends).to(t.dtype)
+
+
 class _GroupedSwiGLU(torch.autograd.Function):
     """Sorted-row SwiGLU experts with a hand-written backward, worked block by block (no temporary exceeds a block).
 
@@ -137,7 +147,7 @@ class _GroupedSwiGLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, token, counts, w1, w2, w3, max_rows, quant):
-        q = quant or _exact
+        q = _same_dtype(quant)
         blocks = _expert_blocks(counts.tolist(), max_rows)
         offs = counts.cumsum(0).to(torch.int32)
         y, saved = torch.zeros_like(x), []
@@ -156,7 +166,7 @@ class _GroupedSwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         weight, token, offs, w1, w2, w3, *saved = ctx.saved_tensors
-        q = ctx.quant or _exact
+        q = _same_dtype(ctx.quant)
         gx, gweight = gy.new_zeros(gy.shape), torch.empty_like(weight)
         gw1, gw2, gw3 = torch.empty_like(w1), torch.empty_like(w2), torch.empty_like(w3)
         for i, (e0, e1, r0, r1) in enumerate(ctx.blocks):

@@ -114,20 +114,94 @@ def test_to_csv_keeps_only_deterministic_columns():
     assert max_vio(torch.tensor([1.0, 3.0])) == 0.5
 
 
-def test_gpu_check_runs_its_code_on_a_cpu_with_a_small_model(tmp_path, capsys):
+SMALL = {"model.dim": 32, "model.n_heads": 2, "model.q_lora_rank": 16, "model.kv_lora_rank": 16,
+         "model.qk_nope_head_dim": 8, "model.qk_rope_head_dim": 8, "model.v_head_dim": 8, "model.inter_dim": 80,
+         "model.moe_inter_dim": 16, "model.n_layers": 2, "model.n_routed_experts": 8, "model.n_expert_groups": 2,
+         "model.n_limited_groups": 1, "model.max_seq_len": 64, "model.original_seq_len": 64, "batch_size": 4,
+         "block_size": 32, "n_chars": 30_000, "eval_batches": 1}
+
+
+def _gpu_check(out: Path, runs: str, *extra: str) -> int:
+    """gpu_check on the CPU with SMALL's model, 2 steps per run."""
     from dslab.labs.lab06_capstone import gpu_check
 
-    small = {"model.dim": 32, "model.n_heads": 2, "model.q_lora_rank": 16, "model.kv_lora_rank": 16,
-             "model.qk_nope_head_dim": 8, "model.qk_rope_head_dim": 8, "model.v_head_dim": 8, "model.inter_dim": 80,
-             "model.moe_inter_dim": 16, "model.n_layers": 2, "model.n_routed_experts": 8, "model.n_expert_groups": 2,
-             "model.n_limited_groups": 1, "model.max_seq_len": 64, "model.original_seq_len": 64, "batch_size": 4,
-             "block_size": 32, "n_chars": 30_000, "eval_batches": 1}
-    args = ["--device", "cpu", "--steps", "2", "--runs", "gpu-small:bf16,gpu-small:fp8", "--out", str(tmp_path)]
-    assert gpu_check.main(args + [a for k, v in small.items() for a in ("--set", f"{k}={json.dumps(v)}")]) == 0
+    args = ["--device", "cpu", "--steps", "2", "--runs", runs, "--out", str(out), *extra]
+    return gpu_check.main(args + [a for k, v in SMALL.items() for a in ("--set", f"{k}={json.dumps(v)}")])
+
+
+def test_gpu_check_runs_its_code_on_a_cpu_with_a_small_model(tmp_path, capsys):
+    assert _gpu_check(tmp_path, "gpu-small:bf16,gpu-small:fp8", "--no-notebook") == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [(r["preset"], r["precision"]) for r in report["runs"]] == [("gpu-small", "bf16"), ("gpu-small", "fp8")]
-    assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in report["runs"])
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in report["runs"]) and "notebook" not in report
+    assert report["runs"][1]["gemms"] == "real FP8 (torch._scaled_mm)"  # the CPU's reference kernel
+    rows = (tmp_path / "gpu_check.md").read_text().splitlines()
+    assert [r.split(" | ")[1] for r in rows if r.startswith("| `gpu-small`")] == ["bf16 autocast",
+                                                                                 "real FP8 (torch._scaled_mm)"]
     assert "tokens/s" in capsys.readouterr().out
+
+
+def test_gpu_check_records_a_failed_run_and_an_fp8_fallback_and_goes_on(tmp_path, monkeypatch):
+    from dslab.labs.lab06_capstone import gpu_check
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Only bf16 high precision output types are supported for row-wise scaling.")
+
+    measure = gpu_check.measure
+    monkeypatch.setattr(torch, "_scaled_mm", refuse)  # enable_real_fp8's trial GEMM fails: the emulation runs
+    monkeypatch.setattr(gpu_check, "measure", lambda preset, precision, *a: refuse() if precision == "bf16"
+                        else measure(preset, precision, *a))
+    assert _gpu_check(tmp_path, "gpu-small:bf16,gpu-small:fp8", "--no-notebook") == 1  # a run failed
+    bf16, fp8 = json.loads((tmp_path / "gpu_check.json").read_text())["runs"]
+    assert bf16["error"].startswith("RuntimeError: Only bf16") and "tokens_per_s" not in bf16
+    assert fp8["gemms"].startswith("emulated FP8 (fallback: torch._scaled_mm failed") and fp8["tokens_per_s"] > 0
+    assert "| failed |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_gpu_check_checks_its_inputs(capsys):
+    from dslab.labs.lab06_capstone import gpu_check
+
+    assert gpu_check.notebook_parameters("cuda", 300) == {"PRESET": "gpu-small", "STEPS": 300}
+    assert gpu_check.notebook_parameters("cuda", 0) == {"PRESET": "gpu-small"}
+    assert gpu_check.notebook_parameters("cpu", 300) == {"PRESET": "cpu", "FAST": True}
+    with pytest.raises(ValueError, match="steps"):
+        gpu_check.notebook_parameters("cuda", -1)
+    with pytest.raises(ValueError, match="runs"):
+        gpu_check.parse_runs("gpu-small:fp16")
+    with pytest.raises(ValueError, match="--set"):
+        gpu_check.parse_changes(["steps"])
+    if not torch.cuda.is_available():
+        assert gpu_check.main(["--device", "cuda"]) == 1 and "no CUDA GPU" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a cut-short or CPU run is not the course map's GPU time
+        gpu_check.main(["--device", "cpu", "--record"])
+
+
+def test_gpu_check_records_only_a_whole_preset_run_for_the_course_map(tmp_path):
+    from dslab.labs.lab06_capstone import gpu_check
+
+    whole = {"status": "ok", "parameters": {"PRESET": "gpu-small"}, "wall_seconds": 612.3, "recorded": {"mfu": 0.3}}
+    for bad in ({"parameters": {"PRESET": "gpu-small", "STEPS": 300}}, {"status": "FAILED (x)"}):
+        with pytest.raises(ValueError, match="nb must"):
+            gpu_check.record_gpu_run({**whole, **bad}, tmp_path / "06_capstone.ipynb")
+    gpu_check.record_gpu_run(whole, tmp_path / "06_capstone.ipynb")
+    entry = json.loads((tmp_path / "runs.json").read_text())["06_capstone"]["gpu"]
+    assert entry["seconds"] == 612.3 and entry["numbers"] == {"mfu": 0.3}
+
+
+@pytest.mark.slow
+def test_gpu_check_executes_the_capstone_notebook_and_reads_its_record(tmp_path):
+    """The notebook at PRESET="cpu", FAST=True (about 80 s on one busy core): its recorded numbers land in the JSON
+    and its row, with the tiny R1's accuracy, in the table."""
+    from dslab.course.notebook import fmt
+
+    assert _gpu_check(tmp_path, "gpu-small:bf16") == 0
+    nb = json.loads((tmp_path / "gpu_check.json").read_text())["notebook"]
+    assert nb["status"] == "ok" and nb["parameters"] == {"PRESET": "cpu", "FAST": True} and nb["wall_seconds"] > 0
+    assert nb["recorded"]["preset"] == "cpu" and nb["recorded"]["tokens_per_s"] > 0
+    assert {"val_loss", "mfu", "greedy_after"} <= nb["recorded"].keys() and (tmp_path / "06_capstone.ipynb").exists()
+    row = next(r for r in (tmp_path / "gpu_check.md").read_text().splitlines() if r.startswith("| notebook"))
+    assert f"tiny R1 greedy accuracy {fmt(nb['recorded']['greedy_after'])}" in row
+    assert f"{nb['recorded']['tokens_per_s']:,}" in row and "FAST" in row
 
 
 def test_readme_preset_table_is_the_accounting_and_the_reference_run():
