@@ -30,7 +30,7 @@ from dslab.fp8 import enable_real_fp8, enable_training
 from dslab.model import Transformer
 from dslab.mtp import speculative_generate
 from dslab.runtime import init_distributed, peak_flops, peak_flops_source, pick_device, world
-from dslab.sft import SFTConfig, train_sft
+from dslab.sft import SFTConfig, cold_start_tasks, train_sft
 from dslab.train import CHECKPOINT_FORMAT, PATH_FIELDS, TrainConfig, train_lm
 
 WEIGHTS_FORMAT = "dslab-capstone-weights/1"  # export_weights: a model's weights and its run's config
@@ -409,12 +409,10 @@ def grpo_config(fast: bool = False, **changes) -> grpo.GRPOConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-COLD_START = SFTConfig(steps=60, batch_size=32, lr=1e-3, warmup=5, max_completion_length=100)  # lab 05's
-
-
 def cold_start_config(fast: bool = False, **changes) -> SFTConfig:
-    """The cold start of the capstone's tiny R1 (lab 05's: 60 steps of 32 worked examples at lr 1e-3); FAST: 3."""
-    return dataclasses.replace(COLD_START, **({"steps": 3} if fast else {}), **changes)
+    """Lab 05's cold start (60 steps of 32 worked examples at lr 1e-3) for the capstone's tiny R1; FAST: 3 steps."""
+    cfg = SFTConfig(steps=3 if fast else 60, batch_size=32, lr=1e-3, warmup=5, max_completion_length=100)
+    return dataclasses.replace(cfg, **changes)
 
 
 def evaluate_r1(model: nn.Module, task_list: list, k: int = 8, max_new_tokens: int = 100, seed: int = 0,
@@ -453,7 +451,7 @@ def grpo_run(out: str | os.PathLike, cfg: grpo.GRPOConfig | None = None, *, base
              fast: bool = False, device: torch.device | str = "cpu") -> dict:
     """Turn a pretrained model into a tiny R1 with lab 05's recipe, into out/grpo/ (before.json, cold_start.jsonl
     and .json, checkpoint.pt, metrics.jsonl, summary.json, policy.pt): optional cold-start SFT on
-    ``data.cold_start_tasks`` worked in digits, then GRPO (``dslab.grpo.train_grpo``) on lab 05's train split; GRPO
+    ``sft.cold_start_tasks`` worked in digits, then GRPO (``dslab.grpo.train_grpo``) on lab 05's train split; GRPO
     resumes like ``train_grpo``. The model is out/checkpoint.pt, or the weights file ``base`` (``export_weights``).
     Returns the summary: ``evaluate_r1`` on the first ``eval_tasks`` held-out test tasks before, after the cold
     start (if any) and after GRPO."""
@@ -480,7 +478,7 @@ def grpo_run(out: str | os.PathLike, cfg: grpo.GRPOConfig | None = None, *, base
     warm = None
     if cold_start is not None:
         if not Path(cfg.checkpoint).exists():  # GRPO's checkpoint already holds the cold-started weights
-            train_sft(model, data.cold_start_pairs(data.cold_start_tasks()),
+            train_sft(model, data.cold_start_pairs(cold_start_tasks()),
                       dataclasses.replace(cold_start, metrics=str(folder / "cold_start.jsonl")), desc="cold start")
         warm = measured("cold_start")
     model.train()  # train_grpo computes log-probs in the mode it finds the policy in: the uncached training path

@@ -339,13 +339,6 @@ def completion(task: Task, notation: str | list[str] | None = "digits", tagged: 
     return f"{THINK_OPEN}{think}{THINK_CLOSE} {result}"
 
 
-def cold_start_tasks(n: int = 500, seed: int = 21) -> list[Task]:
-    """The cold-start set of lab 05 and the capstone: ``n`` train-split tasks drawn with ``seed`` (never held out)."""
-    tasks = rl_splits()["train"]
-    validate.integer("n", n, 1, len(tasks))
-    return [tasks[i] for i in torch.randperm(len(tasks), generator=torch.Generator().manual_seed(seed))[:n].tolist()]
-
-
 def cold_start_pairs(task_list: list[Task], notation: str = "digits") -> list[tuple[str, str]]:
     """(prompt, completion) pairs in the clean, readable format: full working in one notation, tagged answer."""
     if notation not in NOTATIONS:

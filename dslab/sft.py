@@ -20,7 +20,7 @@ from torch import nn
 
 from dslab import validate
 from dslab.checkpoint import write_metrics
-from dslab.data import CharTokenizer, Task
+from dslab.data import CharTokenizer, Task, rl_splits
 from dslab.evals import greedy_accuracy
 from dslab.runtime import progress
 from dslab.train import OptimConfig, lr_at
@@ -123,3 +123,10 @@ def train_sft(model: nn.Module, pairs: Sequence[tuple[str, str]], cfg: SFTConfig
         log(row, evaluate=(step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps)
     model.eval()
     return history
+
+
+def cold_start_tasks(n: int = 500, seed: int = 21) -> list[Task]:
+    """The cold-start set of lab 05 and the capstone: ``n`` train-split tasks drawn with ``seed`` (never held out)."""
+    tasks = rl_splits()["train"]
+    validate.integer("n", n, 1, len(tasks))
+    return [tasks[i] for i in torch.randperm(len(tasks), generator=torch.Generator().manual_seed(seed))[:n].tolist()]

@@ -47,7 +47,7 @@ from dslab.rewards import (
     reward_components,
     think_text,
 )
-from dslab.sft import SFTConfig
+from dslab.sft import SFTConfig, cold_start_tasks
 from dslab.train import TrainConfig, train_lm
 
 MAX_SEQ_LEN = 192  # prompt (<= 55 characters) + completion (<= 95 on the test split, <= 122 on the 4-digit one)
@@ -148,7 +148,7 @@ CONSISTENCY_WEIGHTS = {"accuracy": 1.0, "format": 0.1, "consistency": 0.2}
 def cold_start_examples(n: int = COLD_START_EXAMPLES, seed: int = 21) -> list[tuple[str, str]]:
     """The lab's cold-start set: ``n`` train-split tasks drawn with ``seed``, as readable (prompt, completion) pairs
     with their full working in the digits notation (``data.cold_start_pairs``)."""
-    return data.cold_start_pairs(data.cold_start_tasks(n, seed), "digits")
+    return data.cold_start_pairs(cold_start_tasks(n, seed), "digits")
 
 
 def scorer(accuracy=None, format=None, target: str = "digits"):  # noqa: A002 - the reward's name
