@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import torch
 
-from dslab import configs, runtime, systems
+from dslab import accounting, configs, runtime, systems
 from dslab.course import answers
 from dslab.course.build import build_lab
 from dslab.course.check import run_cases
@@ -195,3 +195,31 @@ def test_demo_runs_the_real_all_to_all():
         assert run.max_difference < 1e-5
         assert torch.equal(lab07_exercises.ep.split_matrix(torch.stack(run.indices), 16), run.splits)
     assert runs["skewed"].splits[:, 1].sum() < runs["balanced"].splits[:, 1].sum()
+
+
+def test_v3_average_rate_is_the_papers_and_the_overlap_model_uses_it_as_is():
+    """Issue 23: the overlap model priced V3's layer at twice its average rate "for FP8", though the average (model
+    FLOPs over the run's GPU-hours) already includes FP8. The average is the causal MFU times the BF16 peak, a
+    fraction of a point from the MFU arXiv 2505.09343 measured (Table 4), and the 1:1 rate is solved from it."""
+    rate = X.v3_average_flop_rate()
+    causal = dict((label, bf16) for label, bf16, _ in X.v3_implied_mfu())["attention, causal 4K"]
+    assert rate == pytest.approx(causal * X.H800_BF16_DENSE) and 380e12 < rate < 390e12
+    for label, paper in X.ISCA_MFU.items():
+        ours = dict((lab, bf16) for lab, bf16, _ in X.v3_implied_mfu())[label]
+        assert abs(ours - paper) < 0.005
+    assert X.ISCA_FLOPS_PER_TOKEN == pytest.approx(
+        accounting.training_flops_per_token(configs.load("deepseek-v3-671b"), 4096), rel=0.01)
+    scores, bias = X.v3_routing_scores(1024, 0)
+    traffic = X.v3_traffic(lab07_exercises.node_limited_reference, scores, bias, limits=(4, 8))
+    at_average = X.overlap_rows(traffic, rate)
+    assert all(r["comm_to_compute"] < 1 for r in at_average)  # hidden at the average rate: not the paper's 1:1
+    even = X.overlap_rows(traffic, rate / at_average[0]["comm_to_compute"])
+    assert even[0]["comm_to_compute"] == pytest.approx(1.0) and even[1]["comm_to_compute"] > 1
+
+
+def test_solution_prose_has_no_doubled_rate_and_no_course_history():
+    nb = nbformat.read(ROOT / "solutions" / "07_systems.ipynb", as_version=4)
+    text = "\n".join(c.source for c in nb.cells)
+    for phrase in ("2 * v3_rate", "772", "0.3907", "7392", "the brief", "as quoted by a review", "via a review",
+                   "Even at FP8", "widely repeated", "GPU figures"):
+        assert phrase not in text, phrase

@@ -79,14 +79,28 @@ def _generic(message: str) -> str:
     return re.sub(r"^case '[^']*': ", "", message)[:160]
 
 
+FIGURE_HEIGHT = 3.4  # inches: the histogram's panel, and the least the figure gets
+ROW_INCHES = 0.24  # one exercise's bar and its 10-point label, with room between labels
+FRAME_INCHES = 1.2  # the bar chart's title, axis label and tick numbers
+
+
+def figure_height(n_exercises: int) -> float:
+    """Inches the summary figure needs so that each exercise's label has its own line: 43 exercises (all eight labs
+    in one batch) need about 11.5."""
+    return max(FIGURE_HEIGHT, FRAME_INCHES + ROW_INCHES * n_exercises)
+
+
 def summary_figure(summary: dict):
-    """Score histogram and pass rate per exercise, side by side."""
-    fig, (ax1, ax2) = plots.figure(2, width=5.0, height=3.4)
+    """Score histogram and pass rate per exercise, side by side; the figure grows with the exercises, the histogram
+    keeps its shape at the top."""
+    rows = summary["exercises"]
+    fig, (ax1, ax2) = plots.figure(2, width=5.0, height=figure_height(len(rows)))
     fractions = [s / m for _, s, m, _ in summary["scores"] if m]
     ax1.hist(fractions, bins=[i / 10 for i in range(11)], color="C0", edgecolor="white")
     ax1.set(xlabel="score (share of the maximum)", ylabel="submissions", xlim=(0, 1),
             title=f"{summary['submissions']} submissions")
-    rows = summary["exercises"]
+    ax1.set_box_aspect(FIGURE_HEIGHT / 5.0)
+    ax1.set_anchor("N")
     ax2.barh([f"{r['number']} {r['id'].split('.', 1)[1]}" for r in rows][::-1],
              [100 * r["pass_rate"] for r in rows][::-1], color="C2")
     ax2.set(xlim=(0, 100), xlabel="submissions with full marks (%)", title="pass rate per exercise")

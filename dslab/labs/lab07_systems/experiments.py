@@ -15,9 +15,14 @@ from dslab.configs import ModelArgs
 from dslab.model import Transformer
 
 DEMO_CONFIG = "tiny-moe"  # 16 routed experts in 4 groups (2 kept), top-4, 1 shared, sigmoid gate with a bias
-V3_GPUS, V3_GPUS_PER_NODE = 64, 8  # V3 §4.2: routed experts on 64 GPUs over 8 nodes
+V3_GPUS, V3_GPUS_PER_NODE = 64, 8  # V3 §3.2: 64-way expert parallelism spanning 8 nodes
 H800_BF16_DENSE = runtime.GPU_PEAK_TFLOPS["H800"]["bfloat16"] * 1e12  # NVIDIA H800 SXM datasheet, dense
 H800_FP8_DENSE = 1978.9e12  # the same datasheet's dense FP8 peak (V3 ran its GEMMs in FP8)
+# Zhao et al., "Insights into DeepSeek-V3" (ISCA 2025, arXiv 2505.09343): training cost per token at a sequence
+# length of 4,096 (§2.2.1, Table 2), and the MFU of V3 trained on 2,048 GPUs, against the BF16 peak (§5.1.2, Table 4,
+# the multi-plane network's column), keyed like ``v3_implied_mfu``'s rows.
+ISCA_FLOPS_PER_TOKEN = 250e9
+ISCA_MFU = {"attention, causal 4K": 0.3894, "attention, non-causal 4K": 0.4373}
 
 
 # --------------------------------------------------------------------------------------------- the all-to-all
@@ -149,6 +154,15 @@ def v3_layer_flops_per_token(seq_len: int = 4096) -> float:
     v3 = configs.load("deepseek-v3-671b")
     weights = accounting.attention_params(v3) + accounting.moe_activated_params(v3)
     return 2 * weights + accounting.attention_flops_per_token(v3, 1) / v3.n_layers * (seq_len + 1) / 2
+
+
+def v3_average_flop_rate(seq_len: int = 4096) -> float:
+    """V3's average model FLOP/s per GPU over pre-training: training FLOPs per token (causal attention at seq_len)
+    times the tokens per GPU-second of V3's Table 1 (14.8T tokens in 2,664K H800 GPU-hours). Everything the run spent
+    its time on is in it: FP8 GEMMs, BF16 attention, bubbles, exposed communication, the optimizer."""
+    v3 = configs.load("deepseek-v3-671b")
+    tokens_per_gpu_s = accounting.V3_PRETRAIN_TOKENS / (accounting.V3_PRETRAIN_GPU_HOURS * 3600)
+    return accounting.training_flops_per_token(v3, seq_len) * tokens_per_gpu_s
 
 
 def overlap_rows(traffic: list[Traffic], achieved_flops: float, tokens: int = 4096) -> list[dict]:
