@@ -38,7 +38,7 @@ def _grade(a) -> int:
                         call_seconds=a.call_timeout)
         reports = grade(a.submissions, a.out, lab=a.lab, seed=a.seed, grading_seed=a.grading_seed, jobs=a.jobs,
                         limits=limits, sandbox=a.sandbox, resume=a.resume, allow_delegation=a.allow_delegation,
-                        gradescope=a.gradescope)
+                        gradescope=a.gradescope, strict=a.strict)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
@@ -229,6 +229,8 @@ def _grade_command(sub: argparse._SubParsersAction) -> None:
                    help="also write OUT/gradescope/<name>/results.json in Gradescope's autograder format")
     g.add_argument("--allow-delegation", action="store_true",
                    help="score exercises that call their reference implementation (they are still flagged)")
+    g.add_argument("--strict", action="store_true",
+                   help="score 0 every exercise a kernel-hook flag touches (default: flags keep the score)")
     g.set_defaults(func=_grade)
 
 

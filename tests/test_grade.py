@@ -434,6 +434,17 @@ def test_flags_keep_the_score_unless_strict(batch, tmp_path):
     assert strict["score"] == 0 and all("strict grading" in e["message"] for e in strict["exercises"])
 
 
+def test_the_command_line_offers_strict_grading(monkeypatch, tmp_path):
+    import dslab.__main__ as cli
+    import dslab.course.grade as G
+
+    seen = {}
+    monkeypatch.setattr(G, "grade", lambda *a, **kw: seen.update(kw) or [])
+    (tmp_path / "s.ipynb").write_text("{}")
+    assert cli.main(["grade", str(tmp_path / "s.ipynb"), "--out", str(tmp_path / "o"), "--strict"]) == 0
+    assert seen["strict"] is True
+
+
 def test_submissions_are_never_modified_and_every_one_has_a_report(batch):
     reports, digests, out, _ = batch
     for path, digest in digests.items():
