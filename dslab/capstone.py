@@ -312,8 +312,8 @@ def summarize(cfg: RunConfig, history: list[dict], device: torch.device, peak_so
             "steps": len(history), "tokens": last["tokens"], "final_loss": last["loss"],
             "final_val_loss": val[-1] if val else None, "max_vio": last.get("max_vio"),
             "mtp_acceptance": last.get("mtp_acceptance"), "tokens_per_s": median("tokens_per_s"),
-            "mfu": median("mfu"), "mfu_main": median("mfu_main"), "peak_flops": peak_flops, "peak": peak_source,
-            "device": name, "ranks": ranks,
+            "mfu": median("mfu"), "mfu_main": median("mfu_main"), "peak_flops": median("peak_flops") or peak_flops,
+            "peak": peak_source, "device": name, "ranks": ranks,
             "threads": torch.get_num_threads(), "precision": cfg.precision, "wall_seconds": round(seconds, 1),
             "step_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
             "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
@@ -401,7 +401,7 @@ def grpo_config(fast: bool = False, **changes) -> grpo.GRPOConfig:
     """GRPO for the capstone model (R1-Zero's recipe as lab 05 runs it: accuracy + 0.1·format rewards, no KL, G
     completions per prompt, zero-variance groups dropped), sized for the cpu preset; FAST: a few tiny steps."""
     cfg = grpo.GRPOConfig(steps=40, prompts_per_step=16, num_generations=8, max_completion_length=100, lr=2e-4,
-                          eval_every=10, eval_tasks=100, max_rows=128, micro_batch_rows=64,
+                          eval_every=20, eval_tasks=50, max_rows=256, micro_batch_rows=64,
                           reward_weights={"accuracy": 1.0, "format": 0.1})
     if fast:
         cfg = dataclasses.replace(cfg, steps=2, prompts_per_step=2, num_generations=4, eval_every=2, eval_tasks=4,

@@ -41,7 +41,8 @@ from dslab.moe import max_vio
 from dslab.mtp import V3_LAMBDA_SWITCH, depth_losses, mtp_lambda
 from dslab.runtime import progress, world
 
-WALL_CLOCK_KEYS = ("seconds", "tokens_per_s", "mfu", "mfu_main")  # the row entries a resumed run does not reproduce
+# the row entries a resumed run does not reproduce
+WALL_CLOCK_KEYS = ("seconds", "tokens_per_s", "mfu", "mfu_main", "peak_flops")
 CHECKPOINT_FORMAT = "dslab-train/2"
 PATH_FIELDS = ("checkpoint", "metrics")  # where a run writes, not how it trains: never part of the resume check
 
@@ -408,9 +409,10 @@ def _step_flops(model: nn.Module, cfg: TrainConfig, depth: int, peak: float | No
 
 
 def _mfu_row(flops: float, main_flops: float | None, tokens_per_s: float, peak: float, step: int) -> dict:
-    """mfu (every module the step runs) and mfu_main (the main model alone); none when above 1, which is a timing
-    error (the peak measured on a busier machine than the step ran on), never a result."""
-    out = {"mfu": mfu(flops, tokens_per_s, peak)}
+    """mfu (every module the step runs), mfu_main (the main model alone) and the peak_flops they divide by (a resumed
+    run may measure another); none when above 1, which is a timing error (the peak measured on a busier machine
+    than the step ran on), never a result."""
+    out = {"mfu": mfu(flops, tokens_per_s, peak), "peak_flops": peak}
     if main_flops is not None:
         out["mfu_main"] = mfu(main_flops, tokens_per_s, peak)
     if out["mfu"] > 1.0:

@@ -7,6 +7,7 @@ Everything trains through ``dslab.train`` (the code ``python -m dslab train`` ru
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -35,10 +36,18 @@ def preset_for(device: torch.device | str) -> str:
     return "gpu-small" if torch.device(device).type == "cuda" else "cpu"
 
 
-def notebook_config(preset: str, fast: bool = False, seed: int = 0, device: str = "auto") -> capstone.RunConfig:
-    """The preset's RunConfig with the notebook's seed; FAST shrinks it to a dozen small steps."""
+def notebook_config(preset: str, fast: bool = False, seed: int = 0, device: str = "auto",
+                    steps: int | None = None) -> capstone.RunConfig:
+    """The preset's RunConfig with the notebook's seed; FAST shrinks it to a dozen small steps; ``steps`` (the
+    notebook's STEPS) cuts the pretraining short, keeping the rest of the preset (a quick check of a GPU preset)."""
     cfg = capstone.preset_config(preset, seed=seed, data_seed=seed, device=device)
-    return cfg.replace(**FAST_RUN) if fast else cfg
+    if fast:
+        cfg = cfg.replace(**FAST_RUN)
+    if steps is not None:
+        validate.integer("steps", steps, 1)
+        every = max(1, min(cfg.train.eval_every, steps))
+        cfg = cfg.replace(steps=steps, eval_every=every, checkpoint_every=every, warmup=min(cfg.train.warmup, steps))
+    return cfg
 
 
 def run_dir(preset: str, seed: int = 0, fast: bool = False) -> Path:
@@ -307,9 +316,9 @@ def speculative_check(model: Transformer, prompts: list[str], new_tokens: int, s
 
 
 
-def grpo_figure(rows: list[dict], before: dict, after: dict, k: int):
+def grpo_figure(rows: list[dict], stages: dict[str, dict], k: int):
     """Left: reward, accuracy and format reward of the GRPO samples per step. Right: lab 05's evaluation on the
-    held-out test tasks before and after."""
+    held-out test tasks at each stage (``stages``: name -> ``capstone.evaluate_r1`` result; None entries skipped)."""
     fig, (ax1, ax2) = plots.figure(2, width=4.6, height=3.0)
     steps = [r for r in rows if "reward" in r]
     for key, color in (("reward", "C0"), ("accuracy", "C2"), ("format", "C1")):
@@ -317,7 +326,27 @@ def grpo_figure(rows: list[dict], before: dict, after: dict, k: int):
     ax1.set(xlabel="GRPO step", ylabel="mean over the step's samples", title="rewards of the samples")
     ax1.legend(fontsize=8)
     keys = ["greedy", "pass@1", f"cons@{k}", "format"]
-    plots.grouped_bars(ax2, keys, {"before": [before[x] for x in keys], "after": [after[x] for x in keys]},
+    plots.grouped_bars(ax2, keys, {name: [res[x] for x in keys] for name, res in stages.items() if res},
                        ylabel="share of held-out test tasks")
-    ax2.set_title("before and after GRPO", fontsize=10)
+    ax2.set_title("lab 05's evaluation at each stage", fontsize=10)
     return fig
+
+
+def r1_base_path() -> Path:
+    """The shipped base of the cpu preset's tiny R1 (``artifacts r1_base``): weights for ``capstone.grpo_run``."""
+    return datasets_dir() / "r1_base.pt"
+
+
+def r1_base_card() -> dict:
+    """runs.json's entry for the shipped tiny-R1 base: its command, settings, CPU seconds and summary."""
+    return json.loads((datasets_dir() / "runs.json").read_text(encoding="utf-8"))["r1_base"]
+
+
+def compare_accuracy(a: float, b: float, n: int) -> str:
+    """How greedy accuracy b compares with a on the same n questions: "higher" or "lower" when the difference
+    exceeds two binomial standard errors of a difference (sqrt(2 p (1 - p) / n) at their mean p), else "within
+    noise". One run each: a seed can move either by about that much."""
+    validate.integer("n", n, 1)
+    p = (a + b) / 2
+    se = max((2 * p * (1 - p) / n) ** 0.5, 1 / n)
+    return "within noise" if abs(b - a) <= 2 * se else ("higher" if b > a else "lower")
