@@ -410,8 +410,8 @@ def grpo_config(fast: bool = False, **changes) -> grpo.GRPOConfig:
 
 
 def cold_start_config(fast: bool = False, **changes) -> SFTConfig:
-    """Lab 05's cold start (60 steps of 32 worked examples at lr 1e-3) for the capstone's tiny R1; FAST: 3 steps."""
-    cfg = SFTConfig(steps=3 if fast else 60, batch_size=32, lr=1e-3, warmup=5, max_completion_length=100)
+    """Lab 05's cold start (60 steps of 32 worked examples at lr 1e-3) for the capstone's tiny R1; FAST: 3 of 8."""
+    cfg = SFTConfig(steps=3 if fast else 60, batch_size=8 if fast else 32, lr=1e-3, warmup=5, max_completion_length=100)
     return dataclasses.replace(cfg, **changes)
 
 
