@@ -102,25 +102,10 @@ def _data(a) -> int:
     return 0
 
 
-def _settings(pairs: list[str]) -> dict:
-    """``key=value`` strings -> {key: value}, each value read as JSON when it parses (20, 3e-3, true), else text."""
-    import json
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def _train(a) -> int:
     import torch
 
+    from dslab import validate
     from dslab.capstone import preset_config, pretraining_run
     from dslab.checkpoint import CheckpointError
     from dslab.runtime import world
@@ -129,7 +114,7 @@ def _train(a) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        cfg = preset_config(a.preset, **_settings(a.set))
+        cfg = preset_config(a.preset, **validate.settings(a.set))
         result = pretraining_run(cfg, a.out)
     except (CheckpointError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -165,13 +150,14 @@ def _sample(a) -> int:
 def _grpo(a) -> int:
     import torch
 
+    from dslab import validate
     from dslab.capstone import cold_start_config, grpo_config, grpo_run
     from dslab.checkpoint import CheckpointError
 
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        cfg = grpo_config(a.fast, **_settings(a.set))
+        cfg = grpo_config(a.fast, **validate.settings(a.set))
         s = grpo_run(a.run, cfg, base=a.base, cold_start=cold_start_config(a.fast) if a.cold_start else None,
                      eval_tasks=a.eval_tasks, k=a.k, sample_tasks=a.sample_tasks)
     except (CheckpointError, ValueError, TypeError) as e:

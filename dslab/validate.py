@@ -68,3 +68,20 @@ def _range(lo: int | None, hi: int | None) -> str:
 
 
 __all__ = ["choice", "integer", "real", "tensor"]
+
+
+def settings(pairs: list[str]) -> dict:
+    """``--set KEY=VALUE`` strings -> {key: value}, each value read as JSON where it parses (20, 3e-3, true), else
+    kept as text; ValueError naming --set for a pair without "=" or a key."""
+    import json
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

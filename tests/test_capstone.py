@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dslab import accounting as acc
-from dslab import capstone, data, evals, train
+from dslab import capstone, data, evals, train, validate
 from dslab.bench import BENCHMARKS
 from dslab.bench import capstone as bench
 from dslab.checkpoint import read_metrics
@@ -179,7 +179,7 @@ def test_gpu_check_checks_its_inputs(capsys):
     with pytest.raises(ValueError, match="runs"):
         gpu_check.parse_runs("gpu-small:fp16")
     with pytest.raises(ValueError, match="--set"):
-        gpu_check.parse_changes(["steps"])
+        validate.settings(["steps"])
     if not torch.cuda.is_available():
         assert gpu_check.main(["--device", "cuda"]) == 1 and "no CUDA GPU" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # a cut-short or CPU run is not the course map's GPU time

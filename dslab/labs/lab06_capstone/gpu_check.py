@@ -50,20 +50,6 @@ GEMMS = {"fp32": "fp32", "bf16": "bf16 autocast", "fp8-emulated": "emulated FP8"
          "fp8": "real FP8 (torch._scaled_mm)"}
 
 
-def parse_changes(pairs: list[str]) -> dict:
-    """``--set KEY=VALUE`` pairs -> {key: value}, a value read as JSON where it parses (else kept as a string)."""
-    changes = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
-        try:
-            changes[key] = json.loads(value)
-        except json.JSONDecodeError:
-            changes[key] = value
-    return changes
-
-
 def parse_runs(text: str) -> list[tuple[str, str]]:
     """``--runs`` "preset:precision,..." -> [(preset, precision), ...], each checked against the capstone's names."""
     runs = []
@@ -240,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     validate.integer("steps", a.steps, 1)
     validate.integer("notebook_steps", a.notebook_steps, 0)
-    changes, runs = parse_changes(a.set), parse_runs(a.runs)
+    changes, runs = validate.settings(a.set), parse_runs(a.runs)
     report = {"device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
               "torch": torch.__version__, "steps": a.steps, "runs": []}
     for preset, precision in runs:
