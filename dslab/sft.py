@@ -129,4 +129,6 @@ def cold_start_tasks(n: int = 500, seed: int = 21) -> list[Task]:
     """The cold-start set of lab 05 and the capstone: ``n`` train-split tasks drawn with ``seed`` (never held out)."""
     tasks = rl_splits()["train"]
     validate.integer("n", n, 1, len(tasks))
-    return [tasks[i] for i in torch.randperm(len(tasks), generator=torch.Generator().manual_seed(seed))[:n].tolist()]
+    # an index list, CPU by design whatever the default device
+    order = torch.randperm(len(tasks), generator=torch.Generator().manual_seed(seed), device="cpu")
+    return [tasks[i] for i in order[:n].tolist()]

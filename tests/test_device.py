@@ -160,6 +160,17 @@ def test_sft_grpo_and_evaluation(run):
     assert set(summary["after"]) >= {"greedy", "pass@1", "cons@2", "format"} and 0 <= res["greedy"] <= 1
 
 
+def test_the_r1_recipe_from_exported_weights(tmp_path):
+    """The capstone's tiny-R1 path: weights file -> cold start -> GRPO -> evaluation, every tensor on the model's
+    device. It caught the cold-start set's index permutation being created on the default device."""
+    cfg = tiny_cfg(**{"model.max_seq_len": 192, "model.original_seq_len": 192})  # worked examples fit
+    capstone.export_weights(capstone.init_model(cfg), cfg, tmp_path / "base.pt")
+    with meta_default():
+        summary = capstone.grpo_run(tmp_path / "r1", grpo_cfg(), base=tmp_path / "base.pt", eval_tasks=2, k=2,
+                                    cold_start=capstone.cold_start_config(fast=True, batch_size=2), sample_tasks=1)
+    assert summary["cold_start"]["tasks"] == 2 and summary["after"]["sampled_tasks"] == 1
+
+
 def test_fp8_building_blocks():
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(8, 256, generator=gen), torch.randn(16, 256, generator=gen)
