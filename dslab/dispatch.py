@@ -4,8 +4,8 @@ sum of DeepSeek-V3 eq. 12, Σ_k g_{t,k} · FFN_{e(t,k)}(u_t), without dropping a
 Two implementations compute the same numbers (tested equal, outputs and gradients):
 
 - ``loop_dispatch``: one masked gather per expert, the readable reference (what the official inference code does);
-- ``grouped_dispatch``: the (token, expert) pairs sorted by expert once, one ragged GEMM per projection over all
-  experts, one scatter-add back, and a hand-written backward that saves only what autograd would.
+- ``grouped_dispatch``: the (token, expert) pairs sorted by expert once, ragged GEMMs over all experts (w1 and w3 as
+  one), one scatter-add back, and a hand-written backward that saves only what autograd would.
 
 Experts are stored stacked: w1, w3 [E, inter, dim] and w2 [E, dim, inter]; expert e is ``w2[e](silu(w1[e] x) *
 w3[e] x)``. This module knows nothing of routing; ``dslab.moe`` decides who goes where.
@@ -134,13 +134,21 @@ def _same_dtype(quant: Callable | None) -> Callable:
     return lambda role, t, ends=None: quant(role, t, ends).to(t.dtype)
 
 
+def _halves(q: Callable, role: str, first: torch.Tensor, second: torch.Tensor, dim: int) -> torch.Tensor:
+    """``q`` applied to each half on its own, joined along ``dim``: the fused w1|w3 operands are quantized as the
+    two separate operands they stand for (an FP8 tile or block must not straddle w1 and w3)."""
+    return torch.cat([q(role, first), q(role, second)], dim)
+
+
 class _GroupedSwiGLU(torch.autograd.Function):
     """Sorted-row SwiGLU experts with a hand-written backward, worked block by block (no temporary exceeds a block).
 
     forward(x [T, dim], weight [R], token [R], counts [E], w1 [E, inter, dim], w2 [E, dim, inter], w3, max_rows,
     quant) -> y [T, dim] with y[token[r]] += weight[r] · FFN_e(x[token[r]]) for the R = T·k rows sorted by expert e.
-    Saves per block what autograd would (the gathered rows xs [rows, dim], a = w1 xs and b = w3 xs [rows, inter]);
-    silu is recomputed in backward. ``quant(role, t, ends)`` (None: exact) is applied to every GEMM operand; roles:
+    w1 and w3 run as one GEMM of width 2·inter (w13 = [w1; w3]): at the course's expert width of 64 the two narrow
+    GEMMs, their two gradient GEMMs and two input-gradient GEMMs cost ~20% more than the fused three.
+    Saves per block what autograd would (the gathered rows xs [rows, dim], ab = w13 xs [rows, 2·inter]); silu is
+    recomputed in backward. ``quant(role, t, ends)`` (None: exact) is applied to every GEMM operand; roles:
     "act"/"act_grad" (rows × contracted columns), "rows"/"rows_grad" (contracted over the rows of each expert,
     ``ends`` their cumulative counts), "weight" (stacked [E, out, in]); xs is saved as quantized for the forward.
     """
@@ -150,28 +158,32 @@ class _GroupedSwiGLU(torch.autograd.Function):
         q = _same_dtype(quant)
         blocks = _expert_blocks(counts.tolist(), max_rows)
         offs = counts.cumsum(0).to(torch.int32)
-        y, saved = torch.zeros_like(x), []
+        y, saved, inter = torch.zeros_like(x), [], w1.shape[1]
         for e0, e1, r0, r1 in blocks:
             o, rows = offs[e0:e1] - r0, token[r0:r1]
             xs = q("act", x.index_select(0, rows))  # the one gather of this block's tokens
-            a = grouped_mm(xs, q("weight", w1[e0:e1]).transpose(1, 2), o)
-            b = grouped_mm(xs, q("weight", w3[e0:e1]).transpose(1, 2), o)
+            w13 = _halves(q, "weight", w1[e0:e1], w3[e0:e1], 1)  # [experts, 2·inter, dim]
+            ab = grouped_mm(xs, w13.transpose(1, 2), o)  # [rows, 2·inter]: w1 xs | w3 xs
+            a, b = ab.split(inter, 1)
             h = F.silu(a).mul_(b).mul_(weight[r0:r1, None])  # gate weight on the narrow hidden, not on [R, dim]
             y.index_add_(0, rows, grouped_mm(q("act", h), q("weight", w2[e0:e1]).transpose(1, 2), o))
-            saved += [xs, a, b]
+            saved += [xs, ab, w13]
         ctx.blocks, ctx.quant = blocks, quant
-        ctx.save_for_backward(weight, token, offs, w1, w2, w3, *saved)
+        ctx.save_for_backward(weight, token, offs, w2, *saved)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        weight, token, offs, w1, w2, w3, *saved = ctx.saved_tensors
+        weight, token, offs, w2, *saved = ctx.saved_tensors
         q = _same_dtype(ctx.quant)
         gx, gweight = gy.new_zeros(gy.shape), torch.empty_like(weight)
-        gw1, gw2, gw3 = torch.empty_like(w1), torch.empty_like(w2), torch.empty_like(w3)
+        inter = w2.shape[-1]
+        n_experts, dim = w2.shape[0], gy.shape[-1]
+        gw2, gw13 = torch.empty_like(w2), w2.new_empty(n_experts, 2 * inter, dim)
         for i, (e0, e1, r0, r1) in enumerate(ctx.blocks):
-            o, rows, (xs, a, b) = offs[e0:e1] - r0, token[r0:r1], saved[3 * i:3 * i + 3]
+            o, rows, (xs, ab, w13) = offs[e0:e1] - r0, token[r0:r1], saved[3 * i:3 * i + 3]
             gys, wt = gy.index_select(0, rows), weight[r0:r1, None]
+            a, b = ab.split(inter, 1)
             s = F.silu(a)
             act = s * b
             h = act * wt if ctx.quant is None else q("rows", q("act", act * wt), o)
@@ -179,12 +191,14 @@ class _GroupedSwiGLU(torch.autograd.Function):
             gh = grouped_mm(q("act_grad", gys), q("weight", w2[e0:e1]), o)  # [rows, inter]
             gweight[r0:r1] = torch.einsum("ri,ri->r", gh, act)  # d(gy · weight·w2 act)/d weight
             gact = gh.mul_(wt)
-            gb, ga = gact * s, torch.ops.aten.silu_backward(gact.mul_(b), a)
-            xs_rows = q("rows", xs, o)
-            gw1[e0:e1] = grouped_mm(q("rows_grad", ga, o).t(), xs_rows, o)
-            gw3[e0:e1] = grouped_mm(q("rows_grad", gb, o).t(), xs_rows, o)
-            gx.index_add_(0, rows, grouped_mm(q("act_grad", ga), q("weight", w1[e0:e1]), o)
-                          .add_(grouped_mm(q("act_grad", gb), q("weight", w3[e0:e1]), o)))
+            gab = torch.empty_like(ab)  # [rows, 2·inter]: d/da | d/db
+            ga, gb = gab.split(inter, 1)
+            torch.mul(gact, s, out=gb)
+            ga.copy_(torch.ops.aten.silu_backward(gact.mul_(b), a))
+            gab_act = gab if ctx.quant is None else _halves(q, "act_grad", ga, gb, 1)
+            gw13[e0:e1] = grouped_mm(q("rows_grad", gab, o).t(), q("rows", xs, o), o)  # rows tiles: per column
+            gx.index_add_(0, rows, grouped_mm(gab_act, w13, o))
+        gw1, gw3 = gw13.split(inter, 1)
         return gx, gweight, None, None, gw1, gw2, gw3, None, None
 
 

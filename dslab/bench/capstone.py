@@ -11,18 +11,21 @@ MoE tokens/s ÷ dense tokens/s. MFU uses the course's one definition (``dslab.ac
 FLOPs per token (attention included, MTP modules not counted) × tokens/s ÷ the CPU's peak, which is the measured
 FLOP/s of a 2048² float32 GEMM on this machine (``dslab.runtime.peak_flops``).
 
-Measured on the course's shared 2-core CPU (2026-12-02, torch 2.13 CPU build, one torch thread): **0.83x** while
-the machine was lightly loaded (load average 1-2): MoE 6,692 vs dense 7,881 tokens/s, MFU 37% vs 44% of a measured
-91.6 GFLOP/s single-thread float32 GEMM; per-round ratios 0.80-0.96. With other jobs holding the load average near
-10: 0.78x (993 vs 1,052 tokens/s, rounds 0.60-0.91). With two threads a job starting elsewhere threw single rounds
-between 0.1x and 3.2x: use one thread on a shared machine. The lead re-measures on a quiet machine.
+Measured on the course's shared 2-core CPU (2026-12-07, torch 2.13 CPU build, one torch thread, nothing else
+running): **0.85x, 0.83x, 0.83x, 0.84x** in four runs (medians of 9 paired rounds; single rounds 0.70-1.01), e.g.
+MoE 5,854 vs dense 6,748 tokens/s, MFU 32% vs 36% of a measured 94.7 GFLOP/s one-thread float32 GEMM. Before the
+fused w1|w3 GEMM below: 0.82x on the same machine the same day (0.83x and 0.78x on 2026-12-02). With two threads a
+job starting elsewhere threw single rounds between 0.1x and 3.2x: use one thread on a shared machine.
 
-What bounds the ratio: the MoE model does the same FFN multiplications as the dense one, but in four MoE FFNs (three
-layers and the MTP module's block) each token is routed (an fp32 gate, a group limit, top-k), the (token, expert)
-pairs are sorted, gathered and scattered back, and the GEMMs are 16 experts 64 wide instead of one 320 wide, which
-MKL runs slower per FLOP. ``python -m dslab.bench moe`` measures that layer alone at about 0.7x of its dense
-equivalent; attention, the embedding, the head, the MTP module's projection and AdamW cost the same in both models
-and bring the whole step to about 0.8x.
+Where the MoE step loses (timed inside the step, one thread): the step is ~60 ms slower than the dense one
+(~390 vs ~330 ms). The routed experts' forward and backward take ~115 ms over the four MoE FFNs (three layers and
+the MTP module's block), of which the grouped GEMMs ~88 ms: each runs 16 experts of ~512 rows x 64 wide, ~2.4 ms a
+call in the step against ~1.8 ms alone, while the dense twin's 2048 x 320 GEMMs keep ~75 GFLOP/s. The rest is
+routing (an fp32 gate, top-k), the sort, one gather and one scatter-add per direction, and silu on [rows, 64]
+slices. Fusing w1 and w3 into one 128-wide GEMM (``dslab.dispatch``) cut the experts' time by ~13% (115 -> 100
+ms); smaller row blocks (1-4 MiB, to stay in the 1 MiB L2) did not help measurably. ``python -m dslab.bench moe``
+measures the layer alone; attention, the embedding, the head, the MTP module's projection and AdamW cost the same in
+both models.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from dslab.model import Transformer
 from dslab.runtime import peak_flops, peak_flops_source
 from dslab.train import objective
 
-MEASURED = "0.83x on a lightly loaded 2-core CPU, one thread (0.78x under heavy load), 2026-12-02"
+MEASURED = "0.85x, 0.83x, 0.83x, 0.84x on a quiet 2-core CPU, one thread, 2026-12-07"
 
 
 def dense_twin(args):
