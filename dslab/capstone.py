@@ -137,7 +137,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         n_chars=1_500_000, precision="fp32"),
         hardware="2 CPU cores, under 5 minutes",
         reached="val loss 0.890 nats/char (datasets/capstone/healthy.csv)",
-        time="311 s of CPU time, 1 thread (a busy shared 2-core machine)"),
+        time="311 s of CPU time, 1 thread (a 2-core machine)"),
     Preset("gpu-small", "capstone-gpu-small", dict(
         steps=3000, batch_size=64, block_size=512, lr=1.5e-3, warmup=150, min_lr_ratio=0.1, eval_every=250,
         eval_batches=8, checkpoint_every=500, bias_gamma=0.001, mtp_lambda=0.3, mtp_lambda_final=0.1,
@@ -199,8 +199,7 @@ def apply_precision(model: nn.Module, precision: str) -> list[str]:
 
 
 def init_model(cfg: RunConfig, rows: int = 1, device: torch.device | str = "cpu") -> nn.Module:
-    """The run's ``Transformer`` (initialised from cfg.train.seed) on ``device`` with cfg.precision applied; ``rows``
-    is the batch its KV caches hold when decoding."""
+    """The run's ``Transformer`` (seeded by cfg.train.seed) on ``device`` with cfg.precision; KV caches of ``rows``."""
     torch.manual_seed(cfg.train.seed)
     with torch.device("cpu"):  # built on the CPU on purpose: the same initial weights whatever the device
         model = Transformer(cfg.model, max_batch_size=rows)
@@ -410,7 +409,7 @@ def grpo_config(fast: bool = False, **changes) -> grpo.GRPOConfig:
 
 
 def cold_start_config(fast: bool = False, **changes) -> SFTConfig:
-    """Lab 05's cold start (60 steps of 32 worked examples at lr 1e-3) for the capstone's tiny R1; FAST: 3 of 8."""
+    """The tiny R1's cold start: lab 05's worked examples, 60 steps of 32 at lr 1e-3; FAST: 3 of 8."""
     cfg = SFTConfig(steps=3 if fast else 60, batch_size=8 if fast else 32, lr=1e-3, warmup=5, max_completion_length=100)
     return dataclasses.replace(cfg, **changes)
 
@@ -419,12 +418,14 @@ def evaluate_r1(model: nn.Module, task_list: list, k: int = 8, max_new_tokens: i
                 max_rows: int | None = None, sample_tasks: int | None = None) -> dict:
     """Lab 05's evaluation on held-out tasks: greedy accuracy and format on all of ``task_list``; pass@1 over k
     samples at temperature 0.6 / top-p 0.95 (R1 §3), pass@k, cons@k and their format rate on the first
-    ``sample_tasks`` of them (all by default: k samples per task cost k greedy runs)."""
+    ``sample_tasks`` of them (all by default), and "greedy_sampled", the greedy accuracy on those same tasks."""
     greedy, fmt = evals.greedy_accuracy(model, task_list, max_new_tokens, max_rows)
     sampled = task_list[:sample_tasks] if sample_tasks is not None else task_list
+    same = greedy if len(sampled) == len(task_list) else evals.greedy_accuracy(model, sampled, max_new_tokens)[0]
     res = evals.evaluate(model, sampled, k=k, max_new_tokens=max_new_tokens, seed=seed, greedy=False,
                          max_rows=max_rows)
-    return {"greedy": greedy, "greedy_format": fmt, "tasks": len(task_list), "sampled_tasks": len(sampled),
+    return {"greedy": greedy, "greedy_format": fmt, "greedy_sampled": same, "tasks": len(task_list),
+            "sampled_tasks": len(sampled),
             **{key: v for key, v in res.items() if key not in ("samples", "per_task")}}
 
 
@@ -453,8 +454,7 @@ def grpo_run(out: str | os.PathLike, cfg: grpo.GRPOConfig | None = None, *, base
     and .json, checkpoint.pt, metrics.jsonl, summary.json, policy.pt): optional cold-start SFT on
     ``sft.cold_start_tasks`` worked in digits, then GRPO (``dslab.grpo.train_grpo``) on lab 05's train split; GRPO
     resumes like ``train_grpo``. The model is out/checkpoint.pt, or the weights file ``base`` (``export_weights``).
-    Returns the summary: ``evaluate_r1`` on the first ``eval_tasks`` held-out test tasks before, after the cold
-    start (if any) and after GRPO."""
+    Returns ``evaluate_r1`` on the first ``eval_tasks`` test tasks before, after the cold start and after GRPO."""
     cfg = cfg or grpo_config(fast)
     out = Path(out)
     folder = out / "grpo"

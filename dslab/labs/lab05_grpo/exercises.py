@@ -440,7 +440,7 @@ EXERCISES = [
     ),
     Exercise(
         id="05.group_advantages", number="5.3", target="group_advantages", points=2, kind="implement",
-        task="return (r − group mean) / (group std + 1e-4), Bessel std, for rewards [N·G] in groups of G",
+        task="return the group-relative advantages of the equation above for rewards [N·G] in groups of G",
         reference=lambda r, G: grpo.group_advantages(r, G, "group"), public_cases=_adv_public,
         hidden_cases=_adv_hidden, compare=lambda e, g: compare_close(e, g, rtol=1e-5, atol=1e-6),
         hint="view the rewards as [N, G]; subtract each row's mean; divide by each row's std (n − 1) plus 1e-4",

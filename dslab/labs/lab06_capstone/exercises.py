@@ -406,8 +406,7 @@ EXERCISES = [
     ),
     Exercise(
         id="06.global_bias", number="6.4", target="global_bias_update", points=2, kind="debug",
-        task="repair global_bias_update: every rank must apply the bias step of the whole batch, from the ranks' "
-             "loads [R, E]",
+        task="repair global_bias_update (rank_loads [R, E] holds what each of the R ranks counted)",
         reference=ex.global_bias_update_reference, public_cases=_global_public, hidden_cases=_global_hidden,
         compare=lambda e, g: compare_close(e, g, rtol=1e-6, atol=1e-7),
         hint="one all-reduce (a sum over ranks) of the loads, then one sign step: b + γ·sign(mean − load)",
