@@ -10,4 +10,4 @@ writes those files, ``experiments`` holds the harnesses that make them and that 
 
 NOTEBOOK = "05_grpo"
 TEACHES = "rule-based rewards, GRPO, R1-Zero vs cold start, evaluation, distillation"
-REPRODUCES = "reward and accuracy rise without human-written reasoning; cons@k >= pass@1"
+REPRODUCES = "reward and accuracy rise without supervised fine-tuning; cons@k vs pass@1"
