@@ -419,14 +419,14 @@ def evaluate_r1(model: nn.Module, task_list: list, k: int = 8, max_new_tokens: i
     """Lab 05's evaluation on held-out tasks: greedy accuracy and format on all of ``task_list``; pass@1 over k
     samples at temperature 0.6 / top-p 0.95 (R1 §3), pass@k, cons@k and their format rate on the first
     ``sample_tasks`` of them (all by default), and "greedy_sampled", the greedy accuracy on those same tasks."""
-    greedy, fmt = evals.greedy_accuracy(model, task_list, max_new_tokens, max_rows)
+    scores = evals.greedy_scores(model, task_list, max_new_tokens, max_rows)  # one greedy pass serves both sets
     sampled = task_list[:sample_tasks] if sample_tasks is not None else task_list
-    same = greedy if len(sampled) == len(task_list) else evals.greedy_accuracy(model, sampled, max_new_tokens)[0]
+    mean = lambda key, rows: sum(c[key] for c in rows) / len(rows)  # noqa: E731
+    greedy, fmt, same = mean("accuracy", scores), mean("format", scores), mean("accuracy", scores[:len(sampled)])
     res = evals.evaluate(model, sampled, k=k, max_new_tokens=max_new_tokens, seed=seed, greedy=False,
                          max_rows=max_rows)
     return {"greedy": greedy, "greedy_format": fmt, "greedy_sampled": same, "tasks": len(task_list),
-            "sampled_tasks": len(sampled),
-            **{key: v for key, v in res.items() if key not in ("samples", "per_task")}}
+            "sampled_tasks": len(sampled), **{key: v for key, v in res.items() if key not in ("samples", "per_task")}}
 
 
 def load_weights(path: str | os.PathLike, rows: int = 1, device: torch.device | str = "cpu") -> tuple[nn.Module,

@@ -95,9 +95,15 @@ def evaluate(model: nn.Module, task_list: Sequence[Task], k: int = 16, max_new_t
 
 
 @torch.no_grad()
+def greedy_scores(model: nn.Module, task_list: Sequence[Task], max_new_tokens: int = 64,
+                  max_rows: int | None = None) -> list[dict]:
+    """The reward components (accuracy, format, ...) of each task's greedy completion, in ``task_list``'s order."""
+    texts = sample_answers(model, task_list, 1, max_new_tokens, 0.0, 1.0, 0, None, max_rows)
+    return [reward_components(s[0], t.answer) for s, t in zip(texts, task_list)]
+
+
 def greedy_accuracy(model: nn.Module, task_list: Sequence[Task], max_new_tokens: int = 64,
                     max_rows: int | None = None) -> tuple[float, float]:
     """(exact-match accuracy, format rate) of greedy completions over ``task_list``."""
-    texts = sample_answers(model, task_list, 1, max_new_tokens, 0.0, 1.0, 0, None, max_rows)
-    comps = [reward_components(s[0], t.answer) for s, t in zip(texts, task_list)]
+    comps = greedy_scores(model, task_list, max_new_tokens, max_rows)
     return (sum(c["accuracy"] for c in comps) / len(comps), sum(c["format"] for c in comps) / len(comps))

@@ -7,6 +7,7 @@ message that names the parameter and what is allowed, so bad input fails where i
 
 from __future__ import annotations
 
+import json
 import math
 from numbers import Integral, Real
 
@@ -67,14 +68,9 @@ def _range(lo: int | None, hi: int | None) -> str:
     return f">= {lo}" if lo is not None else f"<= {hi}"
 
 
-__all__ = ["choice", "integer", "real", "tensor"]
-
-
 def settings(pairs: list[str]) -> dict:
     """``--set KEY=VALUE`` strings -> {key: value}, each value read as JSON where it parses (20, 3e-3, true), else
     kept as text; ValueError naming --set for a pair without "=" or a key."""
-    import json
-
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -85,3 +81,6 @@ def settings(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+__all__ = ["choice", "integer", "real", "settings", "tensor"]

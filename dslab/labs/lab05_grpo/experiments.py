@@ -151,6 +151,8 @@ def after_cold_start_config(fast: bool = False, **changes) -> grpo.GRPOConfig:
     leaves a policy right on ~98% of its samples, so most groups are all right and drop out; Adam turns the few left
     into full-size steps, and at lr 3e-4 those noisy steps undo as much as they fix."""
     return r1_zero_config(fast, **({} if fast else {"lr": 1e-4, "steps": 30}) | changes)
+
+
 CONSISTENCY_WEIGHTS = {"accuracy": 1.0, "format": 0.1, "consistency": 0.2}
 
 
