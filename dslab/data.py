@@ -346,9 +346,9 @@ def cold_start_pairs(task_list: list[Task], notation: str = "digits") -> list[tu
     return [(t.prompt, completion(t, notation)) for t in task_list]
 
 
-# What a base model has seen before RL: chats in the template, most often answering without working (as much text on
-# the web does), else working in digits, letters or both; some without answer tags; a tenth bare equations.
-PRETRAIN_MIX = {"bare": 0.1, "digits": 0.3, "letters": 0.1, "mixed": 0.1, "no_working": 0.4}
+# What a base model has seen before RL: chats in the template, most often working only a subtraction that comes out
+# negative (people write out the awkward case, skip the rest), else working in digits, letters, both or none.
+PRETRAIN_MIX = {"bare": 0.1, "digits": 0.2, "letters": 0.1, "mixed": 0.1, "no_working": 0.1, "negatives_worked": 0.4}
 UNTAGGED_SHARE = 0.15
 
 
@@ -357,14 +357,14 @@ def arithmetic_documents(n_chars: int, seed: int = 0, max_digits: int = 3,
                          mix: dict[str, float] | None = None) -> list[str]:
     """About ``n_chars`` characters of templated arithmetic, kinds drawn from ``mix`` (default ``PRETRAIN_MIX``):
     bare equations ("37+45=82") and chats in R1-Zero's template whose completion keeps its working in <think></think>
-    (digits, letters, switching notation step by step, or none) and its result in <answer></answer> (untagged in
-    UNTAGGED_SHARE). Operands have up to d digits, d in 1..max_digits drawn ∝ d² (most as long as the test split's);
-    questions in ``exclude`` never appear."""
+    (digits, letters, switching notation step by step, none, or digits for negative results only) and its result in
+    <answer></answer> (untagged in UNTAGGED_SHARE). Operands have up to d digits, d in 1..max_digits drawn ∝ d² (most
+    as long as the test split's); questions in ``exclude`` never appear."""
     if not isinstance(n_chars, int) or n_chars <= 0:
         raise ValueError(f"n_chars must be a positive int, got {n_chars!r}")
     mix = PRETRAIN_MIX if mix is None else mix
-    if not mix or set(mix) - {"bare", "digits", "letters", "mixed", "no_working"}:
-        raise ValueError(f"mix must weigh kinds among bare, digits, letters, mixed, no_working; got {mix!r}")
+    if not mix or set(mix) - set(PRETRAIN_MIX):
+        raise ValueError(f"mix must weigh kinds among {', '.join(PRETRAIN_MIX)}; got {mix!r}")
     rng = random.Random(seed)
     kinds, weights = list(mix), list(mix.values())
     lengths = list(range(1, max_digits + 1))
@@ -379,6 +379,7 @@ def arithmetic_documents(n_chars: int, seed: int = 0, max_digits: int = 3,
         else:
             n_steps = len(working_steps(task.question))
             notation = {"digits": "digits", "letters": "letters", "no_working": None,
+                        "negatives_worked": "digits" if task.answer < 0 else None,
                         "mixed": [rng.choice(NOTATIONS) for _ in range(n_steps)]}[kind]
             doc = task.prompt + completion(task, notation, tagged=rng.random() >= UNTAGGED_SHARE)
         docs.append(doc)

@@ -376,3 +376,24 @@ def test_shipped_r1_recipe_reaches_98_percent_and_ends_above_its_cold_start():
                  for s in shipped.seeds_of("cold_start_consistency")]
     assert mean(shipped.seed_values("r1_zero", "test.greedy")) >= 0.95
     assert mean(recipe) >= 0.98 and mean(recipe) > mean(cold_only)
+
+
+@pytest.mark.skipif(not (SHIPPED / "base.pt").exists(), reason="no shipped checkpoint")
+def test_shipped_base_leaves_rl_room_and_the_student_starts_above_zero():
+    """Issue 20's targets for the starting points, on the whole test split (the cards' greedy figures are re-scored
+    by test_shipped_checkpoints_load_and_score_what_their_cards_say): the base is right greedily on 10-40% and
+    sampling finds a right answer on >= 95% (pass@16); the student's pass@16 is >= 20%."""
+    base, student = shipped.read_card("base"), shipped.read_card("student")
+    assert base["test_tasks"] == len(shipped.split("test")) == 500 and base["k"] == student["k"] == 16
+    assert 0.10 <= base["test_greedy_accuracy"] <= 0.40 and base["test_pass_at_k"] >= 0.95
+    assert student["test_pass_at_k"] >= 0.20
+    assert base["params"] <= 5_000_000 and base["cpu_seconds"] <= 40 * 60
+
+
+def test_negatives_worked_documents_work_exactly_the_negative_results():
+    docs = data.arithmetic_documents(20_000, seed=3, mix={"negatives_worked": 1.0})
+    for doc in docs:
+        question = doc[len("User: "):doc.index("=?")]
+        a, op, b = re.fullmatch(r"(\d+)([+-])(\d+)", question).groups()
+        negative = op == "-" and int(a) < int(b)
+        assert (data.THINK_OPEN + data.THINK_CLOSE not in doc) == negative, doc

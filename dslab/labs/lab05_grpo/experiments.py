@@ -305,6 +305,17 @@ def print_evaluation(results: dict[str, dict]) -> None:
                   f"{r['style']['mixed']:>7.1%}")
 
 
+def print_greedy_habits(model: Transformer, task_list: Sequence[data.Task]) -> None:
+    """The greedy completions split by the sign of the result: how often each group is worked, how often right."""
+    texts = [ss[0] for ss in evals.sample_answers(model, task_list, 1, MAX_NEW["test"], 0.0, 1.0, 0)]
+    print(f"{'problems':<28}{'count':>6}{'worked':>8}{'right':>8}")
+    for label, negative in (("a-b with a < b (negative)", True), ("every other problem", False)):
+        rows = [(describe(x)["has_working"], parse_answer(x) == t.answer)
+                for x, t in zip(texts, task_list) if (t.answer < 0) == negative]
+        n = max(1, len(rows))
+        print(f"{label:<28}{len(rows):>6}{sum(w for w, _ in rows) / n:>8.1%}{sum(r for _, r in rows) / n:>8.1%}")
+
+
 def evaluation_figure(results: dict[str, dict], k: int):
     """Bars of greedy, pass@1, cons@k and pass@k per model, one panel per split."""
     splits = list(next(iter(results.values())))
