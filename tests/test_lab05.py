@@ -397,3 +397,15 @@ def test_negatives_worked_documents_work_exactly_the_negative_results():
         a, op, b = re.fullmatch(r"(\d+)([+-])(\d+)", question).groups()
         negative = op == "-" and int(a) < int(b)
         assert (data.THINK_OPEN + data.THINK_CLOSE not in doc) == negative, doc
+
+
+@pytest.mark.skipif(not (SHIPPED / "base.pt").exists(), reason="no shipped checkpoint")
+def test_the_base_scores_the_same_on_problems_drawn_afresh():
+    """The base's greedy accuracy is a property of the task, not of the test split: 200 new problems drawn the same
+    way (none in any split) land within two binomial standard errors of the card's figure."""
+    seen = data.held_out_questions() | {t.question for t in shipped.split("train")}
+    fresh = data.tasks(200, 3, 1, seed=2026, exclude=seen)
+    card = shipped.read_card("base")
+    acc, _ = evals.greedy_accuracy(shipped.load_policy("base", rows=256), fresh, ex.MAX_NEW["test"])
+    p = card["test_greedy_accuracy"]
+    assert abs(acc - p) <= 2 * (p * (1 - p) / len(fresh)) ** 0.5, (acc, p)
