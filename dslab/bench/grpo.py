@@ -10,8 +10,8 @@ the cached path's per-step overhead stops mattering.
 
 Measured on the 0.17M-parameter shipped base, quiet 2-core CPU, one torch thread: 17.8x at batch 64 (2.9 ms against
 69.4 ms per token step; 16.6x and 12.4x in two other runs), 7.7x at batch 16, 21.6x at batch 256, identical tokens;
-4.0 CPU s per default GRPO step (0.25 steps/s). GRPO steps per second are reported for the lab's default step (32 prompts × 16
-completions, up to 64 new tokens, one update), from the shipped base checkpoint when it exists.
+4.0 CPU s per default GRPO step (0.25 steps/s). GRPO steps per second are reported for the lab's default step
+(32 prompts × 16 completions, up to 64 new tokens, one update), from the shipped base checkpoint when it exists.
 
 Like every benchmark it is built from components only (``dslab.model``, ``dslab.configs``, ``dslab.data``,
 ``dslab.sampling``, ``dslab.grpo``) and ``dslab.runtime``: labs call benchmarks, never the other way round.
