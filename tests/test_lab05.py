@@ -265,7 +265,7 @@ def test_artifacts_script_runs_at_a_reduced_size(tmp_path):
 
 
 @pytest.mark.skipif(not (SHIPPED / "base.pt").exists(), reason="no shipped checkpoint")
-@pytest.mark.parametrize("name", ["base", "student", "r1_zero"])
+@pytest.mark.parametrize("name", ["base", "student", "r1_zero", "r1"])
 def test_shipped_checkpoints_load_and_score_what_their_cards_say(name):
     path = SHIPPED / f"{name}.pt"
     if not path.exists():
@@ -376,6 +376,10 @@ def test_shipped_r1_recipe_reaches_98_percent_and_ends_above_its_cold_start():
                  for s in shipped.seeds_of("cold_start_consistency")]
     assert mean(shipped.seed_values("r1_zero", "test.greedy")) >= 0.95
     assert mean(recipe) >= 0.98 and mean(recipe) > mean(cold_only)
+    for name, policy, target in (("r1_zero", "r1_zero", 0.95), ("cold_start_consistency", "r1", 0.98)):
+        card = shipped.read_card(policy)  # seed 0's policy is shipped, its card scored on the whole test split
+        assert card["test_tasks"] == 500 and card["test_greedy_accuracy"] >= target
+        assert card["test_greedy_accuracy"] == shipped.read_summary(name, 0)["test"]["greedy"]
 
 
 @pytest.mark.skipif(not (SHIPPED / "base.pt").exists(), reason="no shipped checkpoint")

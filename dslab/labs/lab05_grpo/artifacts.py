@@ -2,7 +2,7 @@
 
     python -m dslab.labs.lab05_grpo.artifacts data         # datasets/rl_arithmetic/{train,val,test,hard}.jsonl
     python -m dslab.labs.lab05_grpo.artifacts base         # datasets/grpo/{base,student}.{pt,json}: pretraining
-    python -m dslab.labs.lab05_grpo.artifacts runs [NAME]  # datasets/grpo/runs/<name>-s<seed>.jsonl (+ r1_zero.pt)
+    python -m dslab.labs.lab05_grpo.artifacts runs [NAME]  # datasets/grpo/runs/<name>-s<seed>.jsonl (+ r1_zero, r1.pt)
     python -m dslab.labs.lab05_grpo.artifacts all
 
 ``--out DIR`` writes elsewhere (DIR/rl_arithmetic, DIR/grpo); ``--seeds 0 1 2`` makes each run with those training
@@ -29,6 +29,7 @@ from dslab.labs.lab05_grpo import shipped
 
 FINAL_EVAL_TASKS = {"test": 500, "hard": 200}  # the whole test split; each problem with 16 samples as well
 REDUCED_PRETRAIN = {"steps": 30, "schedule_steps": 30, "batch_size": 8, "n_chars": 60_000}
+SHIPPED_POLICIES = {"r1_zero": "r1_zero.pt", "cold_start_consistency": "r1.pt"}  # seed 0's policy, with its card
 
 
 def _reduce(cfg: grpo.GRPOConfig) -> grpo.GRPOConfig:
@@ -114,10 +115,14 @@ def make_run(name: str, out: Path, reduced: bool = False, seed: int = 0) -> dict
             for r in rows:
                 r["cpu_seconds"] += log["sft_cpu_seconds"]
             write_metrics(metrics, rows, append=False)
-        if name == "r1_zero" and seed == 0:
-            shipped.save_policy(model, folder / "r1_zero.pt", {
-                "made_by": f"python -m dslab.labs.lab05_grpo.artifacts runs r1_zero{' --reduced' if reduced else ''}",
-                "grpo": ex.config_dict(cfg)})
+        if name in SHIPPED_POLICIES and seed == 0:
+            shipped.save_policy(model, folder / SHIPPED_POLICIES[name], {
+                "made_by": f"python -m dslab.labs.lab05_grpo.artifacts runs {name}{' --reduced' if reduced else ''}",
+                "grpo": ex.config_dict(cfg), "seed": seed})
+            test = shipped.split("test")[: 8 if reduced else FINAL_EVAL_TASKS["test"]]
+            acc, fmt = evals.greedy_accuracy(model, test, ex.MAX_NEW["test"])
+            shipped.update_card(folder / SHIPPED_POLICIES[name], test_tasks=len(test), test_greedy_accuracy=acc,
+                                test_greedy_format=fmt)
     k = 4 if reduced else 16
     for split_name in ("test", "hard"):
         tasks = shipped.split(split_name)[: 8 if reduced else FINAL_EVAL_TASKS[split_name]]

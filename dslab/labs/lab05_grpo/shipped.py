@@ -1,6 +1,7 @@
 """What lab 05 ships in ``datasets/`` and how it is read and written: the frozen RL splits, the policy checkpoints
-with their JSON cards (``base.pt``, ``student.pt``, ``r1_zero.pt``), and the metrics and summaries of the comparison
-runs (``runs/<name>.jsonl``, ``runs/<name>.summary.json``), with the tables and figures the notebook draws from them.
+with their JSON cards (``base.pt``, ``student.pt``, ``r1_zero.pt``, ``r1.pt``: R1's recipe), and the metrics and
+summaries of the comparison runs (``runs/<name>.jsonl``, ``runs/<name>.summary.json``), with the tables and figures
+the notebook draws from them.
 
 Everything here is written by ``python -m dslab.labs.lab05_grpo.artifacts`` and only read by the notebook; the
 harnesses that make the runs are in ``experiments``.
@@ -38,7 +39,7 @@ def read_card(name: str) -> dict:
 
 
 def load_policy(name: str = "base", rows: int = 256, path: Path | None = None) -> Transformer:
-    """A shipped checkpoint ("base" or "student", from datasets/grpo/) as a policy in eval mode."""
+    """A shipped checkpoint ("base", "student", "r1_zero" or "r1", from datasets/grpo/) as a policy in eval mode."""
     path = path or artifacts_dir() / f"{name}.pt"
     card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     model = Transformer(ModelArgs.from_dict(card["args"]), max_batch_size=rows)
